@@ -1,0 +1,1090 @@
+"""The Strategy Manager service: one MongoDB document per backtest run.
+
+Sections, top to bottom: limits and settings, input checks, schemas, the store
+(both drivers behind one small class), run lifecycle rules, errors, auth, the app
+factory with its lifespan, and the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import litemongo
+import pymongo
+import pymongo.errors
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+)
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+from mongomock_motor import AsyncMongoMockClient
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+# Limits on what a client may send; the README's "Limits" table repeats them.
+MAX_BODY_BYTES = 1_048_576
+MAX_NESTING_DEPTH = 32
+MAX_NAME_LENGTH = 200
+MAX_TEXT_LENGTH = 10_000
+MAX_PAGE_SIZE = 1000
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+API_KEY_HEADER = "X-API-KEY"
+COLLECTION = "runs"
+
+
+# --------------------------------------------------------------------------- settings
+class Settings(BaseSettings):
+    """Everything the service reads from the environment (prefix STRATEGY_MANAGER_)."""
+
+    model_config = SettingsConfigDict(env_prefix="STRATEGY_MANAGER_")
+
+    api_key: SecretStr = Field(min_length=1)
+    mongodb_url: str | None = None
+    database: str = "strategy_manager"
+    data_dir: Path = Path("strategy_manager_data")
+    stale_after_seconds: float = Field(default=300.0, gt=0)
+    db_timeout_ms: int = Field(default=2000, gt=0)
+
+    @field_validator("mongodb_url")
+    @classmethod
+    def _mongodb_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError(
+                f"must start with mongodb:// or mongodb+srv://, got {url!r}"
+            )
+        return url
+
+
+def load_settings() -> Settings:
+    """Read settings; exit with one line naming the variable when one is wrong."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = "STRATEGY_MANAGER_" + str(first["loc"][0]).upper()
+        if first["type"] == "missing":
+            hint = "set it to the key clients must send in the X-API-KEY header"
+            raise SystemExit(f"error: {variable} is not set; {hint}.") from None
+        raise SystemExit(f"error: {variable} is invalid: {first['msg']}.") from None
+
+
+# ----------------------------------------------------------------------- input checks
+def _check_json_value(value: Any, path: str, depth: int) -> None:
+    """Refuse what MongoDB would mangle or JSON cannot carry, naming the path."""
+    if depth > MAX_NESTING_DEPTH:
+        raise ValueError(f"{path} is nested deeper than {MAX_NESTING_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not key:
+                raise ValueError(f"{path} has an empty key")
+            if key.startswith("$") or "." in key or "\x00" in key:
+                raise ValueError(
+                    f"key {key!r} at {path} is not allowed: keys may not start "
+                    "with '$' or contain '.' or NUL"
+                )
+            _check_json_value(item, f"{path}.{key}", depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, f"{path}[{index}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path} is {value}; only finite numbers are allowed")
+    elif isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{path} is {value}, outside the 64-bit integer range")
+
+
+def check_hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json_value(value, "hyperparameters", 1)
+    return value
+
+
+def check_metrics(value: dict[str, float]) -> dict[str, float]:
+    for name, number in value.items():
+        _check_json_value({name: number}, "metrics", 1)
+    return value
+
+
+# ---------------------------------------------------------------------------- schemas
+class RunStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @classmethod
+    def _missing_(cls, value: object) -> RunStatus | None:
+        if isinstance(value, str):
+            return cls.__members__.get(value.upper())
+        return None
+
+
+FINAL_STATES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+ALLOWED_MOVES: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset(RunStatus) - {RunStatus.PENDING},
+    RunStatus.RUNNING: FINAL_STATES,
+}
+
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Metrics = dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]]
+
+
+class RunCreate(BaseModel):
+    """What a client sends to register a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: uuid.UUID | None = Field(
+        default=None,
+        description="Client-chosen id; lets a client retry a create safely.",
+    )
+    strategy_name: Name
+    strategy_version: Name
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    orchestrator_type: Name
+
+    _hyperparameters = field_validator("hyperparameters")(check_hyperparameters)
+
+
+class RunUpdate(BaseModel):
+    """Fields a client may change; only the ones sent are touched."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: RunStatus | None = None
+    metrics_uri: Text | None = None
+    error_message: Text | None = None
+    metrics: Metrics | None = Field(
+        default=None, description="Metric name -> finite number, merged into the run."
+    )
+
+    _metrics = field_validator("metrics")(check_metrics)
+
+
+class Run(BaseModel):
+    """A stored run as the API returns it."""
+
+    run_id: uuid.UUID
+    timestamp: datetime = Field(description="Creation time, UTC.")
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    strategy_name: str
+    strategy_version: str
+    hyperparameters: dict[str, Any]
+    orchestrator_type: str
+    metrics_uri: str | None = None
+    status: RunStatus
+    error_message: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    stale: bool = Field(
+        default=False,
+        description="RUNNING, but no heartbeat within the configured timeout.",
+    )
+
+    @field_validator(
+        "timestamp", "updated_at", "started_at", "finished_at", "heartbeat_at"
+    )
+    @classmethod
+    def _as_utc(cls, value: datetime | None) -> datetime | None:
+        # The embedded store hands back naive datetimes; every stored time is UTC.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class InvalidField(BaseModel):
+    field: str = Field(description="Dotted location, e.g. body.hyperparameters.")
+    message: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class ValidationProblem(Problem):
+    errors: list[InvalidField]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+RUN_LIST = TypeAdapter(list[Run])
+
+
+def utc_now() -> datetime:
+    """Now in UTC, cut to the millisecond that BSON stores."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+# ------------------------------------------------------------------------------ store
+class _LiteMongoClient(litemongo.MongoClient):
+    """litemongo's client with a writable ``options``.
+
+    mongomock-motor assigns ``client.options`` when it wraps a client, and litemongo
+    exposes that attribute as a read-only property.
+    """
+
+    @property
+    def options(self) -> Any:
+        return self._motor_options
+
+    @options.setter
+    def options(self, value: Any) -> None:
+        self._motor_options = value
+
+
+class StoreBusy(RuntimeError):
+    """Another process holds the embedded store's data directory."""
+
+
+class RunStore:
+    """The ``runs`` collection behind the few operations the service needs.
+
+    It works on PyMongo's async collection and on mongomock-motor's, and keeps the
+    places where the two differ (closing, ping) inside this class.
+    """
+
+    def __init__(self, collection: Any, close: Callable[[], Awaitable[None]]) -> None:
+        self.collection = collection
+        self._close = close
+
+    @classmethod
+    def open_mongodb(cls, settings: Settings) -> RunStore:
+        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
+            settings.mongodb_url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.db_timeout_ms,
+            connectTimeoutMS=settings.db_timeout_ms,
+        )
+        collection = client[settings.database][COLLECTION]
+        return cls(collection, client.close)
+
+    @classmethod
+    def open_embedded(cls, data_dir: Path, database: str) -> RunStore:
+        """Open the SQLite-backed store; call on the event loop's thread only."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_directory(data_dir)
+        client = _LiteMongoClient(str(data_dir.resolve()))
+        collection = AsyncMongoMockClient(mock_mongo_client=client)[database][
+            COLLECTION
+        ]
+
+        async def close() -> None:
+            client.close()
+            lock.close()
+
+        return cls(collection, close)
+
+    async def close(self) -> None:
+        await self._close()
+
+    async def ping(self) -> None:
+        await self.collection.database.command("ping")
+
+    async def ensure_indexes(self) -> None:
+        # One index per filter the list route offers, each ending in the default
+        # order so that a filtered first page reads no more than it returns.
+        newest = [("timestamp", pymongo.DESCENDING), ("_id", pymongo.ASCENDING)]
+        for keys in (
+            newest,
+            [("strategy_name", 1), *newest],
+            [("strategy_version", 1), *newest],
+            [("orchestrator_type", 1), *newest],
+            [("status", 1), *newest],
+            [("status", 1), ("heartbeat_at", 1)],
+            [("updated_at", -1), ("_id", 1)],
+        ):
+            await self.collection.create_index(keys)
+        try:
+            await self.collection.create_index([("hyperparameters.$**", 1)])
+        except (pymongo.errors.OperationFailure, NotImplementedError) as exc:
+            logger.debug("No wildcard index on hyperparameters here: %s", exc)
+
+    async def insert(self, document: dict[str, Any]) -> bool:
+        """Insert; False when a run with that ``_id`` exists already."""
+        try:
+            await self.collection.insert_one(document)
+        except pymongo.errors.DuplicateKeyError:
+            return False
+        return True
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        return await self.collection.find_one({"_id": run_id})
+
+    async def count(self, query: dict[str, Any]) -> int:
+        return await self.collection.count_documents(query)
+
+    async def find(
+        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        cursor = self.collection.find(query).sort(sort).skip(skip).limit(limit)
+        return await cursor.to_list(None)
+
+    async def update(
+        self, query: dict[str, Any], changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Apply ``$set`` atomically to the one run ``query`` matches, if any."""
+        return await self.collection.find_one_and_update(
+            query, {"$set": changes}, return_document=pymongo.ReturnDocument.AFTER
+        )
+
+    async def delete(self, run_id: str) -> bool:
+        result = await self.collection.delete_one({"_id": run_id})
+        return result.deleted_count == 1
+
+
+def _lock_directory(data_dir: Path) -> Any:
+    lock = (data_dir / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreBusy(
+            f"The embedded store in {data_dir.resolve()} is in use by another "
+            "process; it serves one process only. Set STRATEGY_MANAGER_MONGODB_URL "
+            "to run several workers."
+        ) from None
+    return lock
+
+
+# ------------------------------------------------------------------ runs <-> documents
+def new_document(body: RunCreate, now: datetime) -> dict[str, Any]:
+    run_id = str(body.run_id or uuid.uuid4())
+    return {
+        "_id": run_id,
+        "_rev": uuid.uuid4().hex,
+        "timestamp": now,
+        "updated_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "heartbeat_at": None,
+        "strategy_name": body.strategy_name,
+        "strategy_version": body.strategy_version,
+        "hyperparameters": body.hyperparameters,
+        "orchestrator_type": body.orchestrator_type,
+        "metrics_uri": None,
+        "status": RunStatus.PENDING.value,
+        "error_message": None,
+        "metrics": {},
+    }
+
+
+def same_content(document: dict[str, Any], body: RunCreate) -> bool:
+    """True when a repeated create carries what the stored run was created with."""
+
+    def canonical(value: Any) -> str:
+        # JSON text tells 1, 1.0 and true apart, which == in Python does not.
+        return json.dumps(value, sort_keys=True)
+
+    fields = ("strategy_name", "strategy_version", "orchestrator_type")
+    return all(document[f] == getattr(body, f) for f in fields) and canonical(
+        document["hyperparameters"]
+    ) == canonical(body.hyperparameters)
+
+
+def to_run(document: dict[str, Any], stale_before: datetime) -> Run:
+    fields = {k: v for k, v in document.items() if not k.startswith("_")}
+    run = Run.model_validate({**fields, "run_id": document["_id"]})
+    heartbeat = run.heartbeat_at
+    run.stale = (
+        run.status is RunStatus.RUNNING
+        and heartbeat is not None
+        and heartbeat < stale_before
+    )
+    return run
+
+
+def plan_update(
+    current: dict[str, Any], body: RunUpdate, now: datetime, *, first_seen: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the extra filter and the ``$set`` for one update attempt.
+
+    The filter pins the status the decision was made on, so a concurrent change
+    makes the write miss instead of overwriting it. Raises ``HTTPException(409)``
+    for a move the lifecycle forbids.
+    """
+    old = RunStatus(current["status"])
+    new = body.status or old
+    changes: dict[str, Any] = {"updated_at": now, "_rev": uuid.uuid4().hex}
+    for name in ("metrics_uri", "error_message"):
+        if name in body.model_fields_set:
+            changes[name] = getattr(body, name)
+    for name, value in (body.metrics or {}).items():
+        changes[f"metrics.{name}"] = value
+
+    if new is not old:
+        if new not in ALLOWED_MOVES.get(old, frozenset()):
+            raise conflict(f"A {old} run cannot move to {new}.")
+        changes["status"] = new.value
+        if new is RunStatus.RUNNING:
+            changes["started_at"] = now
+        if new in FINAL_STATES:
+            changes["finished_at"] = now
+    elif body.status is not None and first_seen != old:
+        # This request saw another status and lost the race to the same move.
+        raise conflict(f"Another request moved this run to {old} first.")
+    if new is RunStatus.RUNNING:
+        changes["heartbeat_at"] = now
+    return {"status": old.value}, changes
+
+
+# ----------------------------------------------------------------------------- errors
+def conflict(detail: str) -> HTTPException:
+    return HTTPException(409, detail)
+
+
+def not_found(run_id: uuid.UUID | str) -> HTTPException:
+    return HTTPException(404, f"No run with id {run_id}.")
+
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Content too large",
+    422: "Invalid input",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(
+        body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error["loc"]),
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors()
+    ]
+    names = ", ".join(dict.fromkeys(e["field"] for e in errors))
+    return problem(422, f"Invalid input in {names}.", errors=errors)
+
+
+async def _database_down(request: Request, exc: Exception) -> Response:
+    logger.warning("Database unreachable: %s", exc)
+    return problem(
+        503,
+        "The database is unreachable; retry shortly.",
+        {"Retry-After": "5"},
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "The server hit an unexpected error; it has been logged.")
+
+
+class BodySizeLimit:
+    """Answer 413 to a request body over ``limit`` bytes, before anything reads it."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, self._detail)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    @property
+    def _detail(self) -> str:
+        return f"The request body is over the limit of {self.limit} bytes."
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await problem(413, self._detail)(scope, receive, send)
+
+
+# ------------------------------------------------------------------------------- auth
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="The key set in STRATEGY_MANAGER_API_KEY on the server.",
+)
+
+
+async def require_api_key(
+    request: Request, key: Annotated[str | None, Depends(api_key_scheme)]
+) -> None:
+    expected: SecretStr = request.app.state.settings.api_key
+    given = (key or "").encode()
+    if not secrets.compare_digest(given, expected.get_secret_value().encode()):
+        raise HTTPException(401, "Missing or invalid API key.")
+
+
+# ----------------------------------------------------------------------- dependencies
+def get_store(request: Request) -> RunStore:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[RunStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RunIdPath = Annotated[uuid.UUID, PathParam(description="The run's UUID.")]
+
+
+def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        401: "Missing or invalid API key.",
+        404: "No run with that id.",
+        409: "The change conflicts with the run's current state.",
+        412: "If-Match no longer matches the run's ETag.",
+        413: "Request body too large.",
+        422: "Invalid input; `errors` lists each invalid field.",
+        503: "The database is unreachable.",
+    }
+    return {
+        code: {
+            "model": ValidationProblem if code == 422 else Problem,
+            "description": descriptions[code],
+            "content": {PROBLEM_MEDIA_TYPE: {}},
+        }
+        for code in codes
+    }
+
+
+ETAG_HEADER = {
+    "ETag": {
+        "description": "Changes with every change of the run.",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def run_response(
+    document: dict[str, Any], settings: Settings, status_code: int = 200, **headers: str
+) -> Response:
+    run = to_run(document, utc_now() - timedelta(seconds=settings.stale_after_seconds))
+    return Response(
+        run.model_dump_json(),
+        status_code=status_code,
+        media_type="application/json",
+        headers={"ETag": f'"{document["_rev"]}"', **headers},
+    )
+
+
+# ----------------------------------------------------------------------- list queries
+LIST_PARAMS = frozenset(
+    {
+        "skip",
+        "limit",
+        "strategy_name",
+        "strategy_version",
+        "orchestrator_type",
+        "status",
+        "created_after",
+        "created_before",
+        "stale",
+        "sort",
+    }
+)
+SORTABLE = frozenset({"timestamp", "updated_at", "strategy_name", "status"})
+
+
+def _hyperparameter_filters(request: Request) -> dict[str, Any]:
+    """Turn ``hp.<path>=<JSON scalar>`` parameters into equality filters."""
+    query: dict[str, Any] = {}
+    unknown = []
+    for name, raw in request.query_params.multi_items():
+        if name in LIST_PARAMS:
+            continue
+        if not name.startswith("hp."):
+            unknown.append(name)
+            continue
+        path = name.removeprefix("hp.")
+        parts = path.split(".")
+        if not all(parts) or any(p.startswith("$") or "\x00" in p for p in parts):
+            raise HTTPException(422, f"Query parameter {name!r} is not a valid path.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise HTTPException(
+                422,
+                f"Query parameter {name!r} must be a JSON scalar, such as 10, true "
+                f'or "text" (quoted); got {raw!r}.',
+            ) from None
+        if isinstance(value, dict | list) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise HTTPException(
+                422, f"Query parameter {name!r} must be a JSON scalar; got {raw!r}."
+            )
+        query[f"hyperparameters.{path}"] = value
+    if unknown:
+        allowed = ", ".join(sorted(LIST_PARAMS))
+        raise HTTPException(
+            422,
+            f"Unknown query parameter(s): {', '.join(unknown)}. Allowed: {allowed}, "
+            "and hp.<path> for hyperparameters.",
+        )
+    return query
+
+
+def _parse_sort(specs: list[str]) -> list[tuple[str, int]]:
+    keys: list[tuple[str, int]] = []
+    for spec in specs:
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name = item.lstrip("-+")
+            direction = pymongo.DESCENDING if item.startswith("-") else 1
+            metric = name.removeprefix("metrics.")
+            valid_metric = name.startswith("metrics.") and metric and "." not in metric
+            if name not in SORTABLE and not valid_metric:
+                raise HTTPException(
+                    422,
+                    f"Cannot sort by {name!r}; use one of "
+                    f"{', '.join(sorted(SORTABLE))} or metrics.<name>, "
+                    "each optionally prefixed with '-'.",
+                )
+            keys.append((name, direction))
+    return keys or [("timestamp", pymongo.DESCENDING)]
+
+
+class ListQuery(BaseModel):
+    filter: dict[str, Any]
+    sort: list[tuple[str, int]]
+
+
+def list_query(
+    request: Request,
+    settings: SettingsDep,
+    strategy_name: str | None = None,
+    strategy_version: str | None = None,
+    orchestrator_type: str | None = None,
+    status: Annotated[list[RunStatus] | None, Query()] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    stale: Annotated[
+        bool | None, Query(description="Only RUNNING runs without a recent heartbeat")
+    ] = None,
+    sort: Annotated[
+        list[str] | None,
+        Query(
+            description="timestamp, updated_at, strategy_name, status or "
+            "metrics.<name>; prefix '-' for descending. Default -timestamp."
+        ),
+    ] = None,
+) -> ListQuery:
+    query = _hyperparameter_filters(request)
+    for name, value in (
+        ("strategy_name", strategy_name),
+        ("strategy_version", strategy_version),
+        ("orchestrator_type", orchestrator_type),
+    ):
+        if value is not None:
+            query[name] = value
+    if status:
+        query["status"] = {"$in": [s.value for s in status]}
+    created: dict[str, datetime] = {}
+    if created_after is not None:
+        created["$gt"] = _as_utc(created_after)
+    if created_before is not None:
+        created["$lt"] = _as_utc(created_before)
+    if created:
+        query["timestamp"] = created
+    if stale is not None:
+        cutoff = utc_now() - timedelta(seconds=settings.stale_after_seconds)
+        running = RunStatus.RUNNING.value
+        stale_filter = {"status": running, "heartbeat_at": {"$lt": cutoff}}
+        fresh_filter = {
+            "$or": [{"status": {"$ne": running}}, {"heartbeat_at": {"$gte": cutoff}}]
+        }
+        query = {"$and": [query, stale_filter if stale else fresh_filter]}
+    return ListQuery(filter=query, sort=_parse_sort(sort or []))
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+async def find_page(
+    store: RunStore, listing: ListQuery, skip: int, limit: int
+) -> list[dict[str, Any]]:
+    """One page in the requested order, with runs lacking a sorted metric last."""
+    sort = [*listing.sort, ("_id", pymongo.ASCENDING)]
+    first_key = sort[0][0]
+    if not first_key.startswith("metrics."):
+        return await store.find(listing.filter, sort, skip, limit)
+
+    # MongoDB puts missing values first in ascending order; split the set in two
+    # so that runs without the metric come after the others in both directions.
+    has = {"$and": [listing.filter, {first_key: {"$exists": True}}]}
+    lacks = {"$and": [listing.filter, {first_key: {"$exists": False}}]}
+    with_metric = await store.count(has)
+    page = await store.find(has, sort, skip, limit)
+    rest_skip = max(0, skip - with_metric)
+    return page + await store.find(lacks, sort[1:], rest_skip, limit - len(page))
+
+
+# ------------------------------------------------------------------------------- app
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    _show_info_logs()
+    if settings.mongodb_url:
+        store = RunStore.open_mongodb(settings)
+        logger.info("Storing runs in MongoDB database %r", settings.database)
+    else:
+        store = RunStore.open_embedded(settings.data_dir, settings.database)
+        logger.info(
+            "Storing runs in the embedded store at %s (one process only); set "
+            "STRATEGY_MANAGER_MONGODB_URL=mongodb://... to use MongoDB instead",
+            settings.data_dir.resolve(),
+        )
+    app.state.store = store
+    indexing = asyncio.create_task(_ensure_indexes(store))
+    try:
+        yield
+    finally:
+        indexing.cancel()
+        await store.close()
+
+
+def _show_info_logs() -> None:
+    """Print this package's INFO lines beside uvicorn's, unless logging is set up."""
+    package = logging.getLogger("backtest_data_module")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+
+
+async def _ensure_indexes(store: RunStore) -> None:
+    """Create indexes, retrying in the background while the database is down."""
+    delay = 1.0
+    while True:
+        try:
+            await store.ensure_indexes()
+        except pymongo.errors.ConnectionFailure as exc:
+            logger.warning("Could not create indexes yet (%s); retrying", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        else:
+            logger.debug("Indexes are in place")
+            return
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; ``settings`` default to the environment."""
+    app = FastAPI(
+        title="Strategy Manager",
+        version="1.0.0",
+        summary="A record of every backtest run, searchable.",
+        lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.state.settings = settings or load_settings()
+    app.add_middleware(BodySizeLimit)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(pymongo.errors.ConnectionFailure, _database_down)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(health_router)
+    app.include_router(runs_router)
+    return app
+
+
+# ---------------------------------------------------------------------------- routes
+health_router = APIRouter(tags=["health"])
+
+
+@health_router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up; no auth, no database."""
+    return Health()
+
+
+@health_router.get("/readyz", response_model=Health, responses=_problem_responses(503))
+async def readyz(store: StoreDep) -> Health:
+    """The database answers a ping."""
+    await store.ping()
+    return Health()
+
+
+runs_router = APIRouter(
+    prefix="/runs",
+    tags=["runs"],
+    dependencies=[Depends(require_api_key)],
+    responses=_problem_responses(401, 413, 422, 503),
+)
+
+
+@runs_router.post(
+    "",
+    status_code=201,
+    response_model=Run,
+    responses={
+        200: {"model": Run, "description": "A retried create; the stored run."},
+        201: {
+            "description": "Created.",
+            "headers": {
+                **ETAG_HEADER,
+                "Location": {
+                    "description": "The run's URL.",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+        **_problem_responses(409),
+    },
+)
+async def create_run(
+    body: RunCreate, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """Register a run. Retrying with the same `run_id` and content is safe."""
+    document = new_document(body, utc_now())
+    if await store.insert(document):
+        logger.info(
+            "Run %s stored (%s %s, %s)",
+            document["_id"],
+            body.strategy_name,
+            body.strategy_version,
+            body.orchestrator_type,
+        )
+        location = f"/runs/{document['_id']}"
+        return run_response(document, settings, 201, Location=location)
+
+    existing = await store.get(document["_id"])
+    if existing is None or not same_content(existing, body):
+        raise conflict(
+            f"Run {document['_id']} exists with different content; "
+            "choose another run_id."
+        )
+    return run_response(existing, settings)
+
+
+@runs_router.get(
+    "",
+    response_model=list[Run],
+    responses={
+        200: {
+            "headers": {
+                "X-Total-Count": {
+                    "description": "Runs matching the filter, over all pages.",
+                    "schema": {"type": "integer"},
+                }
+            }
+        }
+    },
+)
+async def list_runs(
+    store: StoreDep,
+    settings: SettingsDep,
+    listing: Annotated[ListQuery, Depends(list_query)],
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 100,
+) -> Response:
+    """List runs, newest first unless `sort` says otherwise.
+
+    Filter on hyperparameters with `hp.<path>=<JSON scalar>`, e.g. `hp.fast=10`.
+    """
+    total = await store.count(listing.filter)
+    documents = await find_page(store, listing, skip, limit)
+    stale_before = utc_now() - timedelta(seconds=settings.stale_after_seconds)
+    runs = [to_run(d, stale_before) for d in documents]
+    return Response(
+        RUN_LIST.dump_json(runs),
+        media_type="application/json",
+        headers={"X-Total-Count": str(total)},
+    )
+
+
+@runs_router.get(
+    "/{run_id}",
+    response_model=Run,
+    responses={200: {"headers": ETAG_HEADER}, **_problem_responses(404)},
+)
+async def get_run(
+    run_id: RunIdPath, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """One run."""
+    document = await store.get(str(run_id))
+    if document is None:
+        raise not_found(run_id)
+    return run_response(document, settings)
+
+
+@runs_router.put(
+    "/{run_id}",
+    response_model=Run,
+    responses={200: {"headers": ETAG_HEADER}, **_problem_responses(404, 409, 412)},
+)
+async def update_run(
+    run_id: RunIdPath,
+    body: RunUpdate,
+    store: StoreDep,
+    settings: SettingsDep,
+    if_match: Annotated[
+        str | None,
+        Header(description="An ETag from an earlier response; 412 if it changed."),
+    ] = None,
+) -> Response:
+    """Change status, metrics_uri, error_message or metrics; only the fields sent."""
+    expected_rev = _parse_if_match(if_match)
+    first_seen = None
+    for _attempt in range(5):
+        current = await store.get(str(run_id))
+        if current is None:
+            raise not_found(run_id)
+        first_seen = first_seen or current["status"]
+        if expected_rev is not None and current["_rev"] != expected_rev:
+            raise HTTPException(412, "The run changed since that ETag; fetch it again.")
+
+        pinned, changes = plan_update(current, body, utc_now(), first_seen=first_seen)
+        query = {"_id": str(run_id), "_rev": current["_rev"], **pinned}
+        updated = await store.update(query, changes)
+        if updated is not None:
+            if "status" in changes:
+                logger.info("Run %s is now %s", run_id, changes["status"])
+            return run_response(updated, settings)
+    raise conflict("The run kept changing under this update; retry.")
+
+
+def _parse_if_match(header: str | None) -> str | None:
+    if header is None or header.strip() == "*":
+        return None
+    return header.strip().removeprefix("W/").strip('"')
+
+
+@runs_router.post(
+    "/{run_id}/heartbeat",
+    response_model=Run,
+    responses={200: {"headers": ETAG_HEADER}, **_problem_responses(404, 409)},
+)
+async def heartbeat_run(
+    run_id: RunIdPath, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """Tell the service a RUNNING run is still alive."""
+    now = utc_now()
+    running = RunStatus.RUNNING.value
+    updated = await store.update(
+        {"_id": str(run_id), "status": running},
+        {"heartbeat_at": now, "updated_at": now, "_rev": uuid.uuid4().hex},
+    )
+    if updated is not None:
+        return run_response(updated, settings)
+    current = await store.get(str(run_id))
+    if current is None:
+        raise not_found(run_id)
+    raise conflict(
+        f"Only a RUNNING run takes heartbeats; this one is {current['status']}."
+    )
+
+
+@runs_router.delete("/{run_id}", status_code=204, responses=_problem_responses(404))
+async def delete_run(run_id: RunIdPath, store: StoreDep) -> Response:
+    """Delete a run for good."""
+    if not await store.delete(str(run_id)):
+        raise not_found(run_id)
+    logger.info("Run %s deleted", run_id)
+    return Response(status_code=204)
+
+
+def __getattr__(name: str) -> Any:
+    # `app` is built on first access, so importing this module reads no settings;
+    # uvicorn's "main:app" reaches here, and a missing key ends start-up in one line.
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
