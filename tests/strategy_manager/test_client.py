@@ -350,6 +350,7 @@ async def test_update_with_stale_etag_is_precondition_failed(
 
 async def test_heartbeat_sets_heartbeat_at(client: StrategyManagerClient) -> None:
     run = await new_run(client)
+    await client.update_run(run.run_id, status="RUNNING")
 
     beat = await client.heartbeat(run.run_id)
 
