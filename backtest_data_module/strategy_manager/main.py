@@ -36,6 +36,7 @@ from fastapi import (
 )
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.security import APIKeyHeader
 from mongomock_motor import AsyncMongoMockClient
 from pydantic import (
@@ -810,8 +811,12 @@ async def find_page(
     lacks = {"$and": [listing.filter, {first_key: {"$exists": False}}]}
     with_metric = await store.count(has)
     page = await store.find(has, sort, skip, limit)
+    rest_sort: list[tuple[str, int]] = []
+    for key, direction in [*listing.sort[1:], ("timestamp", -1), ("_id", 1)]:
+        if key not in dict(rest_sort):
+            rest_sort.append((key, direction))
     rest_skip = max(0, skip - with_metric)
-    return page + await store.find(lacks, sort[1:], rest_skip, limit - len(page))
+    return page + await store.find(lacks, rest_sort, rest_skip, limit - len(page))
 
 
 # ------------------------------------------------------------------------------- app
@@ -881,7 +886,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(health_router)
     app.include_router(runs_router)
+    app.openapi = lambda: _openapi_with_problem_media_type(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_problem_media_type(app: FastAPI) -> dict[str, Any]:
+    """FastAPI files error models under application/json; ours are problem+json."""
+    if app.openapi_schema is None:
+        spec = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            routes=app.routes,
+        )
+        for operation in (
+            op for path in spec["paths"].values() for op in path.values()
+        ):
+            for response in operation["responses"].values():
+                content = response.get("content", {})
+                if PROBLEM_MEDIA_TYPE in content and "application/json" in content:
+                    content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        app.openapi_schema = spec
+    return app.openapi_schema
 
 
 # ---------------------------------------------------------------------------- routes
