@@ -171,9 +171,10 @@ def _check_values(bars: pd.DataFrame) -> None:
     bad_rows = np.flatnonzero((prices <= 0).any(axis=1))
     if bad_rows.size:
         position = int(bad_rows[0])
-        column = PRICE_COLUMNS[int(np.argmax(prices[position] <= 0))]
+        column = int(np.argmax(prices[position] <= 0))
+        value = float(prices[position, column])
         raise ValueError(
-            f"bars have a non-positive {column} price {prices[position].min()!r} at "
+            f"bars have a non-positive {PRICE_COLUMNS[column]} price {value!r} at "
             f"{_row(bars.index, position)}; prices must be > 0"
         )
 
@@ -181,7 +182,7 @@ def _check_values(bars: pd.DataFrame) -> None:
     if negative_volume.size:
         position = int(negative_volume[0])
         raise ValueError(
-            f"bars have a negative volume {values[position, -1]!r} at "
+            f"bars have a negative volume {float(values[position, -1])!r} at "
             f"{_row(bars.index, position)}; volume must be >= 0"
         )
     # Limitation: OHLC consistency (low <= open, close <= high) is not enforced,

@@ -1,7 +1,8 @@
 """Benchmark the backtesting core: one big SMA backtest, a parameter grid, a floor.
 
-Run from the repository root: ``PYTHONPATH=. python benchmarks/engine.py``. The floor is one ``np.diff`` over the same
-close array: a single read-and-write pass over memory, which no backtest can beat.
+Run from the repository root: ``PYTHONPATH=. python benchmarks/engine.py``. The
+floor is one ``np.diff`` over the same close array: a single read-and-write pass
+over memory, which no backtest can beat.
 """
 
 from __future__ import annotations

@@ -257,12 +257,12 @@ def _check_inputs(
     if not (close.min() > 0 and close.max() < math.inf):
         bad = int(np.flatnonzero(~(np.isfinite(close) & (close > 0)))[0])
         raise ValueError(
-            f"close must be finite and > 0, got {close[bad]!r} at bar {bad}"
+            f"close must be finite and > 0, got {float(close[bad])!r} at bar {bad}"
         )
     if not (positions.min() >= -1 and positions.max() <= 1):
         bad = int(np.flatnonzero(~(np.abs(positions) <= 1))[0])
         raise ValueError(
-            f"positions must be finite and in [-1, 1], got {positions[bad]!r} "
+            f"positions must be finite and in [-1, 1], got {float(positions[bad])!r} "
             f"at bar {bad}"
         )
 

@@ -104,8 +104,15 @@ def _exact_drawdown(equity: np.ndarray, peak_before: float) -> float:
 
 def _std(r: np.ndarray, mean: float, buffer: np.ndarray | None = None) -> float:
     """Sample std (ddof=1); exactly 0.0 when every value is equal."""
-    deviation = np.subtract(r, mean, out=buffer)
-    std = math.sqrt(float(deviation @ deviation) / (r.size - 1))
+    # One pass, sum(r^2) - n * mean^2, is accurate while the mean is small next
+    # to the spread, as for returns; otherwise fall back to centring first.
+    square_sum = float(r @ r)
+    centred_sum = square_sum - r.size * mean * mean
+    if centred_sum <= 1e-6 * square_sum:
+        deviation = np.subtract(r, mean, out=buffer)
+        centred_sum = float(deviation @ deviation)
+    std = math.sqrt(centred_sum / (r.size - 1))
+
     # Identical values can leave a rounding residue of ~1e-18 around their mean.
     if std < 1e-12 and r.max() == r.min():
         return 0.0

@@ -203,9 +203,10 @@ class SmaCrossover(Strategy):
     def target_positions(self, bars: pd.DataFrame) -> np.ndarray:
         close = _close(bars)
         fast, slow = int(self._params["fast"]), int(self._params["slow"])
-        positions = np.zeros(len(close))
         if len(close) < slow:
-            return positions
+            return np.zeros(len(close))
+        positions = np.empty(len(close))
+        positions[: slow - 1] = 0.0
 
         # Both SMAs from one cumulative sum; only bars from slow - 1 on are valid.
         # Limitation: a long cumulative sum loses a few digits, so SMAs that differ
