@@ -358,6 +358,7 @@ class Orchestrator:
             duration = time.perf_counter() - started
             logger.info("run %s FAILED in %.3fs: %s", run_id, duration, error)
             if raise_errors:
+                exc.add_note(f"run {run_id} recorded as FAILED")
                 raise
             return self._result(
                 run_id,

@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_NAME = "outbox.jsonl"
 CLAIMED_PREFIX = "outbox.draining-"
+STALE_CLAIM_SECONDS = 600
 
 CallKind = Literal["create", "update", "heartbeat"]
 
@@ -64,12 +65,15 @@ class TrackingCall:
     run_id: str
     call: CallKind
     payload: dict[str, Any] = field(default_factory=dict)
+    # Position among the run's calls; replay sorts by it, whatever the file order.
+    seq: int = 0
 
     def to_json(self) -> str:
         record = {
             "run_id": self.run_id,
             "call": self.call,
             "payload": self.payload,
+            "seq": self.seq,
             "saved_at": datetime.now(UTC).isoformat(),
         }
         return json.dumps(record, allow_nan=False, separators=(",", ":"))
@@ -77,7 +81,12 @@ class TrackingCall:
     @classmethod
     def from_json(cls, line: str) -> Self:
         record = json.loads(line)
-        return cls(record["run_id"], record["call"], dict(record["payload"]))
+        return cls(
+            record["run_id"],
+            record["call"],
+            dict(record["payload"]),
+            int(record.get("seq", 0)),
+        )
 
 
 @dataclass
@@ -153,29 +162,36 @@ class Outbox:
         return [call for path in self._files() for call in self._read(path)]
 
     def claim(self) -> list[str]:
-        """Move the outbox and any claims left by a crashed session under new names.
+        """Rename the outbox, and claims abandoned by a crashed session, to this one.
 
         A rename is atomic on a local disk, so two sessions starting together never
-        both deliver the same records; what is renamed is this session's to deliver.
+        both deliver the same records. Another session's claim is left alone until
+        it is ``STALE_CLAIM_SECONDS`` old; a live session finishes far sooner.
         """
+        now = time.time_ns()
         claimed = []
         for path in self._files():
             name = path.rsplit("/", 1)[-1]
-            stamp = (
-                name[len(CLAIMED_PREFIX) :].split("-", 1)[0]
-                if name.startswith(CLAIMED_PREFIX)
-                else f"{time.time_ns():020d}"
-            )
-            target = f"{self.root}/{CLAIMED_PREFIX}{stamp}-{uuid.uuid4().hex[:8]}.jsonl"
+            if name.startswith(CLAIMED_PREFIX):
+                stamp = int(name[len(CLAIMED_PREFIX) :].split("-", 1)[0])
+                if now - stamp < STALE_CLAIM_SECONDS * 1e9:
+                    continue
+            target = f"{self.root}/{CLAIMED_PREFIX}{now:020d}-{uuid.uuid4().hex}.jsonl"
             try:
                 self._rename(path, target)
             except FileNotFoundError:
                 continue  # another session claimed it first
             claimed.append(target)
-        return sorted(claimed)
+        return claimed
 
     def read(self, claimed: list[str]) -> list[TrackingCall]:
-        return [call for path in claimed for call in self._read(path)]
+        """The claimed calls grouped by run (runs in order of first appearance),
+        each run's calls in the order they were made."""
+        calls = [call for path in claimed for call in self._read(path)]
+        first_seen: dict[str, int] = {}
+        for position, call in enumerate(calls):
+            first_seen.setdefault(call.run_id, position)
+        return sorted(calls, key=lambda call: (first_seen[call.run_id], call.seq))
 
     def release(self, claimed: list[str]) -> None:
         """Delete claimed files once their calls are delivered or saved again."""
@@ -318,18 +334,23 @@ class RunTracker:
         self._queue: asyncio.Queue[TrackingCall | None] = asyncio.Queue()
         self._in_flight: TrackingCall | None = None
         self._spooling = False
+        self._seq = 0
         self._task = asyncio.create_task(self._work(), name=f"tracking-{run_id}")
 
     def create(self, **payload: Any) -> None:
-        self._queue.put_nowait(TrackingCall(self.run_id, "create", payload))
+        self._enqueue("create", payload)
 
     def update(self, **payload: Any) -> None:
-        self._queue.put_nowait(TrackingCall(self.run_id, "update", payload))
+        self._enqueue("update", payload)
 
     def heartbeat(self) -> None:
         """Queue a heartbeat unless calls are backed up or the server is away."""
         if self._queue.empty() and self._in_flight is None and not self._spooling:
-            self._queue.put_nowait(TrackingCall(self.run_id, "heartbeat"))
+            self._enqueue("heartbeat", {})
+
+    def _enqueue(self, kind: CallKind, payload: dict[str, Any]) -> None:
+        self._queue.put_nowait(TrackingCall(self.run_id, kind, payload, self._seq))
+        self._seq += 1
 
     async def close(self, timeout: float) -> TrackingReport:
         """Wait up to ``timeout`` seconds for the queued calls, then save the rest.
