@@ -436,3 +436,30 @@ async def test_timestamps_are_recent_utc(api: httpx.AsyncClient):
     created = datetime.fromisoformat(run["timestamp"])
 
     assert abs(created - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+async def test_repeated_final_status_with_same_fields_is_a_no_op(
+    api: httpx.AsyncClient,
+):
+    run = await create(api)
+    body = {"status": "COMPLETED", "metrics_uri": "file:///a", "metrics": {"s": 1.0}}
+    first = await api.put(f"/runs/{run['run_id']}", json=body)
+
+    retry = await api.put(f"/runs/{run['run_id']}", json=body)
+
+    assert retry.status_code == 200
+    assert retry.json()["finished_at"] == first.json()["finished_at"]
+
+
+async def test_repeated_final_status_with_other_fields_is_409(api: httpx.AsyncClient):
+    run = await create(api)
+    await api.put(
+        f"/runs/{run['run_id']}", json={"status": "FAILED", "error_message": "a"}
+    )
+
+    response = await api.put(
+        f"/runs/{run['run_id']}", json={"status": "FAILED", "error_message": "b"}
+    )
+
+    assert response.status_code == 409
+    assert "error_message" in response.json()["detail"]
