@@ -107,11 +107,11 @@ class SliceResult:
     """
 
     index: int
-    train_idx: np.ndarray
-    test_idx: np.ndarray
-    metrics: dict[str, float]
-    returns: pd.Series
-    positions: pd.Series
+    train_idx: np.ndarray = field(repr=False)
+    test_idx: np.ndarray = field(repr=False)
+    metrics: dict[str, float] = field(repr=False)
+    returns: pd.Series = field(repr=False)
+    positions: pd.Series = field(repr=False)
 
     @property
     def equity(self) -> pd.Series:
@@ -131,14 +131,14 @@ class RunResult:
 
     run_id: str
     status: str
-    metrics: dict[str, float]
-    slices: list[SliceResult]
+    metrics: dict[str, float] = field(repr=False)
+    slices: list[SliceResult] = field(repr=False)
     metrics_uri: str | None
     strategy_name: str
     strategy_version: str
     hyperparameters: dict[str, Any]
     validation: dict[str, Any]
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict, repr=False)
     error: str | None = None
     duration_s: float = 0.0
     tracking: TrackingReport | None = None
@@ -373,14 +373,13 @@ class Orchestrator:
             )
 
         tracker.update(status="COMPLETED", metrics_uri=metrics_uri, metrics=metrics)
-        backtest_done = time.perf_counter()
         report = await tracker.close(self.tracking_timeout)
         duration = time.perf_counter() - started
         logger.info(
             "run %s COMPLETED in %.3fs (waited %.3fs for tracking): %s",
             run_id,
             duration,
-            time.perf_counter() - backtest_done,
+            report.wait_s,
             metrics_uri,
         )
         return self._result(
@@ -629,18 +628,28 @@ def _heartbeats(tracker: RunTracker, interval: float) -> Iterator[None]:
 def _run_blocking(make: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine to completion from synchronous code, even inside a loop."""
 
-    async def main() -> T:
-        return await make()
+    results: list[T] = []
+
+    async def main() -> None:
+        # The result leaves through a list, not as the main task's result: on
+        # Python 3.11 asyncio.run formats repr(main task) when it restores the
+        # SIGINT handler, which would repr every slice's Series (~100 ms).
+        results.append(await make())
 
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
-        return asyncio.run(main())
+        in_loop = False
 
-    # Called from a running loop (a notebook cell): that loop cannot be re-entered,
-    # so the run gets a fresh loop on its own thread while the caller blocks.
-    with concurrent.futures.ThreadPoolExecutor(1, "orchestrator-run") as thread:
-        return thread.submit(asyncio.run, main()).result()
+    if in_loop:
+        # Called from a running loop (a notebook cell): it cannot be re-entered, so
+        # the run gets a fresh loop on its own thread while the caller blocks.
+        with concurrent.futures.ThreadPoolExecutor(1, "orchestrator-run") as thread:
+            thread.submit(lambda: asyncio.run(main())).result()
+    else:
+        asyncio.run(main())
+    return results[0]
 
 
 def _aggregate(slices: list[SliceResult], periods_per_year: float) -> dict[str, Any]:

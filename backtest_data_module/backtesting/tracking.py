@@ -97,6 +97,8 @@ class TrackingReport:
     saved: int = 0
     dropped: int = 0
     outbox: str | None = None
+    # Seconds the finished run waited for its last calls (what tracking cost it).
+    wait_s: float = 0.0
 
 
 async def deliver(client: StrategyManagerClient, call: TrackingCall) -> None:
@@ -358,6 +360,7 @@ class RunTracker:
         Warns once (TrackingWarning) if any call of this run went to the outbox.
         """
         self._queue.put_nowait(None)
+        started = time.perf_counter()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
@@ -365,6 +368,7 @@ class RunTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._save_leftovers()
+        self.report.wait_s = time.perf_counter() - started
 
         if self.report.saved:
             self.report.outbox = self.session.outbox.location
