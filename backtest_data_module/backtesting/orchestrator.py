@@ -351,6 +351,8 @@ class Orchestrator:
             metrics_uri = await asyncio.to_thread(
                 _write_outputs, self.metrics_dir, run_id, summary, slices
             )
+        # Limitation: a cancelled run (Ctrl-C, task.cancel()) is not reported as
+        # CANCELLED; it stays RUNNING on the server until its heartbeat goes stale.
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             tracker.update(status="FAILED", error_message=error)
@@ -509,6 +511,9 @@ def run_slice(task: SliceTask, bars: pd.DataFrame) -> SliceResult:
 
     Module level so process pools and Ray can ship it to workers.
     """
+    # Limitation: Strategy has no fit step, so train_idx is recorded but not used,
+    # and every slice recomputes positions from bar 0 (O(slices x bars)); that is
+    # what guarantees no look-ahead even for a strategy that is not causal.
     visible = bars.iloc[: int(task.test_idx[-1]) + 1]
     strategy = task.strategy(**task.params)
     positions = np.asarray(strategy.target_positions(visible), dtype=np.float64)

@@ -298,7 +298,8 @@ class TrackingSession:
                     if _worth_saving(exc):
                         self.unreachable = True
                         self.outbox.append(calls[position:])
-                        logger.warning(
+                        # INFO: the run's own TrackingWarning says it once.
+                        logger.info(
                             "tracking server still unreachable (%s); %d outbox calls "
                             "kept in %s",
                             exc,
@@ -396,7 +397,8 @@ class RunTracker:
             return
         try:
             await deliver(self.session.client, call)
-            self.report.delivered += 1
+            if call.call != "heartbeat":
+                self.report.delivered += 1
         except ApiError as exc:
             if _worth_saving(exc):
                 logger.debug(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +47,14 @@ class Exploding(Strategy):
 
     def target_positions(self, bars: pd.DataFrame) -> np.ndarray:
         raise RuntimeError(f"strategy exploded at level {self.params['level']}")
+
+
+class Slow(SmaCrossover):
+    """SmaCrossover that takes 20 ms a slice, so heartbeats have time to fire."""
+
+    def target_positions(self, bars: pd.DataFrame) -> np.ndarray:
+        time.sleep(0.02)
+        return super().target_positions(bars)
 
 
 class Spy(SmaCrossover):
@@ -175,6 +184,59 @@ def test_api_down_for_a_run_is_delivered_by_the_next_one(
     )
     assert server_run(live_server, second.run_id)["status"] == "COMPLETED"
     assert outbox.pending() == []
+
+
+def test_tracking_wait_is_bounded_by_tracking_timeout(
+    tmp_path: Path, bars: pd.DataFrame
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    runner = orchestrator(
+        tmp_path,
+        register_api=down,
+        api_key="k",
+        tracking_retry_for=30.0,
+        tracking_timeout=0.3,
+    )
+
+    started = time.monotonic()
+    with pytest.warns(TrackingWarning):
+        result = runner.run(bars)
+
+    assert time.monotonic() - started < 5.0
+    assert result.tracking is not None and result.tracking.saved == 3
+    assert [c.seq for c in Outbox(str(tmp_path)).pending()] == [0, 1, 2]
+
+
+def test_outbox_kept_in_order_while_the_server_stays_down(
+    tmp_path: Path, bars: pd.DataFrame
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    runner = orchestrator(
+        tmp_path, register_api=down, api_key="k", tracking_retry_for=0.1
+    )
+
+    with pytest.warns(TrackingWarning):
+        first = runner.run(bars)
+    with pytest.warns(TrackingWarning) as caught:
+        second = runner.run(bars)
+
+    assert len(caught) == 1
+    pending = [(c.run_id, c.seq) for c in Outbox(str(tmp_path)).pending()]
+    assert pending == [(first.run_id, n) for n in range(3)] + [
+        (second.run_id, n) for n in range(3)
+    ]
+
+
+def test_heartbeats_are_sent_while_slices_run(
+    live_server: LiveServer,  # noqa: F811
+    tmp_path: Path,
+    bars: pd.DataFrame,
+) -> None:
+    runner = tracked(live_server, tmp_path, strategy=Slow, heartbeat_interval=0.02)
+
+    result = runner.run(bars)
+
+    assert server_run(live_server, result.run_id)["heartbeat_at"] is not None
 
 
 def test_replayed_calls_for_a_finished_run_are_dropped(
