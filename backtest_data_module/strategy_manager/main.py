@@ -576,7 +576,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class BodySizeLimit:
-    """Answer 413 to a request body over ``limit`` bytes, before anything reads it."""
+    """Answer 413 to a request body over ``limit`` bytes, before anything reads it.
+
+    FastAPI's own ``max_body_size`` answers in plain text; every error here is a
+    problem document, so the check lives in this small middleware instead.
+    """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
