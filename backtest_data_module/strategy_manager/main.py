@@ -544,7 +544,10 @@ def problem(
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    # The spec promises ValidationProblem for every 422, so its `errors` is required
+    # even when a hand-raised 422 (sort, hp.<path>) names the field in `detail` only.
+    extra: dict[str, Any] = {"errors": []} if exc.status_code == 422 else {}
+    return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}), **extra)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
