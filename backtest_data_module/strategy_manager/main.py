@@ -637,11 +637,11 @@ async def require_api_key(
 
 
 # ----------------------------------------------------------------------- dependencies
-def get_store(request: Request) -> RunStore:
+async def get_store(request: Request) -> RunStore:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -771,7 +771,7 @@ class ListQuery(BaseModel):
     sort: list[tuple[str, int]]
 
 
-def list_query(
+async def list_query(
     request: Request,
     settings: SettingsDep,
     strategy_name: str | None = None,
