@@ -135,8 +135,9 @@ def check_hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def check_metrics(value: dict[str, float]) -> dict[str, float]:
-    for name, number in value.items():
+def check_metrics(value: dict[str, float] | None) -> dict[str, float] | None:
+    # `metrics: null` is allowed and reaches this validator as None.
+    for name, number in (value or {}).items():
         _check_json_value({name: number}, "metrics", 1)
     return value
 
