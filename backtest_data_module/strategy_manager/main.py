@@ -653,6 +653,7 @@ RunIdPath = Annotated[uuid.UUID, PathParam(description="The run's UUID.")]
 
 def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
+        400: "The body could not be read, e.g. it is not UTF-8.",
         401: "Missing or invalid API key.",
         404: "No run with that id.",
         409: "The change conflicts with the run's current state.",
@@ -981,7 +982,7 @@ runs_router = APIRouter(
                 },
             },
         },
-        **_problem_responses(409),
+        **_problem_responses(400, 409),
     },
 )
 async def create_run(
@@ -1063,7 +1064,10 @@ async def get_run(
 @runs_router.put(
     "/{run_id}",
     response_model=Run,
-    responses={200: {"headers": ETAG_HEADER}, **_problem_responses(404, 409, 412)},
+    responses={
+        200: {"headers": ETAG_HEADER},
+        **_problem_responses(400, 404, 409, 412),
+    },
 )
 async def update_run(
     run_id: RunIdPath,
