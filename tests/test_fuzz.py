@@ -58,6 +58,7 @@ def test_every_answer_conforms_to_the_spec(
     )
 
 
+ANY_RUN_ID = "00000000-0000-4000-8000-000000000000"
 RUN_OPERATIONS = [
     (method.upper(), path)
     for path, item in schema.raw_schema["paths"].items()
@@ -74,7 +75,7 @@ def test_runs_routes_refuse_a_missing_or_wrong_key(
     path: str,
     key: str | None,
 ) -> None:
-    url = live_server.url + path.replace("{run_id}", "00000000-0000-4000-8000-000000000000")
+    url = live_server.url + path.replace("{run_id}", ANY_RUN_ID)
     headers = {} if key is None else {"X-API-KEY": key}
     body = {"strategy_name": "s", "strategy_version": "1", "orchestrator_type": "wf"}
     json = body if method == "POST" and path == "/runs" else None
