@@ -203,12 +203,14 @@ class Orchestrator:
                 f"executor must be one of {list(EXECUTORS)}, got {executor!r}"
             )
         for name, value in (
+            ("commission_bps", commission_bps),
+            ("slippage_bps", slippage_bps),
             ("tracking_retry_for", tracking_retry_for),
             ("tracking_timeout", tracking_timeout),
             ("heartbeat_interval", heartbeat_interval),
         ):
-            if not (isinstance(value, int | float) and value >= 0):
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+            if not (isinstance(value, int | float) and 0 <= value < math.inf):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
         self.strategy_class = get_strategy(strategy)
         self.strategy = self.strategy_class(**dict(hyperparameters or {}))
@@ -595,9 +597,16 @@ class _RayExecutor:
     ) -> list[SliceResult]:
         bars_ref = self.ray.put(bars)
         refs = [self.remote_slice.remote(task, bars_ref) for task in tasks]
-        return list(
-            await asyncio.gather(*(asyncio.wrap_future(r.future()) for r in refs))
-        )
+        futures = [asyncio.wrap_future(ref.future()) for ref in refs]
+        try:
+            return list(await asyncio.gather(*futures))
+        except self.ray.exceptions.RayTaskError as exc:
+            for ref in refs:
+                self.ray.cancel(ref)
+            # Surface the strategy's own exception, as the other executors do.
+            if isinstance(exc.cause, Exception):
+                raise exc.cause from exc
+            raise
 
 
 @contextlib.asynccontextmanager

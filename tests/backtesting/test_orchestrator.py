@@ -433,10 +433,13 @@ async def test_arun_is_the_async_form(tmp_path: Path, bars: pd.DataFrame) -> Non
 def test_process_executor_matches_local(tmp_path: Path, bars: pd.DataFrame) -> None:
     local = orchestrator(tmp_path).run(bars)
 
-    pooled = orchestrator(tmp_path, executor="process", max_workers=2).run(bars)
+    pooled = orchestrator(tmp_path, executor="process", max_workers=2)
+    single = pooled.run(bars)
+    swept = pooled.sweep(bars, grid={"fast": [5, 10]})
 
-    assert pooled.metrics == pytest.approx(local.metrics)
-    assert [s.index for s in pooled.slices] == list(range(6))
+    assert single.metrics == pytest.approx(local.metrics)
+    assert [s.index for s in single.slices] == list(range(6))
+    assert swept[1].metrics == pytest.approx(local.metrics)
 
 
 def test_process_executor_reraises_strategy_error(
@@ -471,9 +474,25 @@ def test_ray_executor_runs_slices_and_sweeps(
     assert swept[1].metrics == pytest.approx(local.metrics)
 
 
+def test_ray_executor_reraises_strategy_error(
+    ray_cluster: Any, tmp_path: Path, bars: pd.DataFrame
+) -> None:
+    runner = orchestrator(
+        tmp_path, strategy=Exploding, hyperparameters={}, executor="ray"
+    )
+
+    with pytest.raises(RuntimeError, match="strategy exploded at level 1"):
+        runner.run(bars)
+
+
 def test_bad_executor_name_is_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"executor must be one of .* got 'threads'"):
         orchestrator(tmp_path, executor="threads")
+
+
+def test_negative_cost_is_value_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slippage_bps must be a finite number >= 0"):
+        orchestrator(tmp_path, slippage_bps=-1.0)
 
 
 def test_invalid_hyperparameters_raise_before_any_run(tmp_path: Path) -> None:
