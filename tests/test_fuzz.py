@@ -85,3 +85,43 @@ def test_runs_routes_refuse_a_missing_or_wrong_key(
     assert response.status_code == 401, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == "Missing or invalid API key."
+
+
+# Findings of the fuzzer, pinned so they stay fixed whatever examples it draws.
+def test_update_with_null_metrics_changes_nothing(live_server: LiveServer) -> None:  # noqa: F811
+    headers = {"X-API-KEY": live_server.api_key}
+    body = {"strategy_name": "s", "strategy_version": "1", "orchestrator_type": "wf"}
+    run = httpx.post(f"{live_server.url}/runs", json=body, headers=headers).json()
+
+    response = httpx.put(
+        f"{live_server.url}/runs/{run['run_id']}",
+        json={"metrics": None, "status": None},
+        headers=headers,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["metrics"] == {}
+
+
+def test_body_that_is_not_utf8_is_a_declared_400(live_server: LiveServer) -> None:  # noqa: F811
+    response = httpx.post(
+        f"{live_server.url}/runs",
+        content=b"\xff\x52\x19",
+        headers={"X-API-KEY": live_server.api_key, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    declared = schema.raw_schema["paths"]["/runs"]["post"]["responses"]
+    assert "400" in declared
+
+
+def test_hand_raised_422_carries_an_errors_list(live_server: LiveServer) -> None:  # noqa: F811
+    response = httpx.get(
+        f"{live_server.url}/runs",
+        params={"sort": "nowhere"},
+        headers={"X-API-KEY": live_server.api_key},
+    )
+
+    assert response.status_code == 422
+    assert response.json()["errors"] == []
