@@ -14,8 +14,9 @@ import json
 import logging
 import math
 import secrets
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -311,21 +312,8 @@ class RunStore:
         collection = client[settings.database][COLLECTION]
         return cls(collection, client.close)
 
-    @classmethod
-    def open_embedded(cls, data_dir: Path, database: str) -> RunStore:
-        """Open the SQLite-backed store; call on the event loop's thread only."""
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock_directory(data_dir)
-        client = _LiteMongoClient(str(data_dir.resolve()))
-        collection = AsyncMongoMockClient(mock_mongo_client=client)[database][
-            COLLECTION
-        ]
-
-        async def close() -> None:
-            client.close()
-            lock.close()
-
-        return cls(collection, close)
+    async def start(self) -> None:
+        """Get ready to serve; the embedded store reads its runs into memory here."""
 
     async def close(self) -> None:
         await self._close()
@@ -388,6 +376,210 @@ class RunStore:
     async def delete(self, run_id: str) -> bool:
         result = await self.collection.delete_one({"_id": run_id})
         return result.deleted_count == 1
+
+
+class EmbeddedRunStore(RunStore):
+    """The embedded store, with every run also held in memory for reads.
+
+    litemongo decodes each document from SQLite on every query, and mongomock
+    filters and sorts in Python after decoding all candidates: listing a page of
+    100,000 runs took seconds. One process owns the store (``_lock_directory``),
+    so a copy in memory, updated after each write has been committed to SQLite,
+    is exact. Reads use it; writes still go through mongomock to SQLite.
+    """
+
+    INDEXED = ("strategy_name", "strategy_version", "orchestrator_type", "status")
+
+    def __init__(
+        self,
+        collection: Any,
+        close: Callable[[], Awaitable[None]],
+        stored: Callable[[], Iterator[dict[str, Any]]],
+    ) -> None:
+        super().__init__(collection, close)
+        self._stored = stored
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._ids_by: dict[str, dict[Any, set[str]]] = {f: {} for f in self.INDEXED}
+
+    @classmethod
+    def open(cls, data_dir: Path, database: str) -> EmbeddedRunStore:
+        """Open the SQLite-backed store; call on the event loop's thread only."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_directory(data_dir)
+        client = _LiteMongoClient(str(data_dir.resolve()))
+        collection = AsyncMongoMockClient(mock_mongo_client=client)[database][
+            COLLECTION
+        ]
+
+        async def close() -> None:
+            client.close()
+            lock.close()
+
+        def stored() -> Iterator[dict[str, Any]]:
+            # Read the SQLite rows directly: mongomock's find() spends milliseconds
+            # per document on copies, which made start-up with 100k runs take minutes.
+            return client[database][COLLECTION]._store.documents
+
+        return cls(collection, close, stored)
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        for document in self._stored():
+            self._remember(document)
+        logger.info(
+            "Loaded %d runs from the embedded store in %.1f s",
+            len(self._runs),
+            time.perf_counter() - started,
+        )
+
+    # Limitation: every run is held in memory (about 1-2 KB each), so the embedded
+    # store suits up to a few hundred thousand runs; use MongoDB beyond that.
+    def _remember(self, document: dict[str, Any]) -> None:
+        self._forget(document["_id"])
+        for name in ("timestamp", "updated_at", "started_at", "finished_at"):
+            document[name] = _aware(document.get(name))
+        document["heartbeat_at"] = _aware(document.get("heartbeat_at"))
+        self._runs[document["_id"]] = document
+        for field in self.INDEXED:
+            self._ids_by[field].setdefault(document[field], set()).add(document["_id"])
+
+    def _forget(self, run_id: str) -> None:
+        document = self._runs.pop(run_id, None)
+        if document is not None:
+            for field in self.INDEXED:
+                self._ids_by[field][document[field]].discard(run_id)
+
+    async def insert(self, document: dict[str, Any]) -> bool:
+        if not await super().insert(document):
+            return False
+        self._remember(dict(document))
+        return True
+
+    async def update(
+        self, query: dict[str, Any], changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        updated = await super().update(query, changes)
+        if updated is not None:
+            self._remember(updated)
+        return updated
+
+    async def delete(self, run_id: str) -> bool:
+        deleted = await super().delete(run_id)
+        self._forget(run_id)
+        return deleted
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        return self._runs.get(run_id)
+
+    async def count(self, query: dict[str, Any]) -> int:
+        return sum(1 for _ in self._matching(query))
+
+    async def find(
+        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
+    ) -> list[dict[str, Any]]:
+        found = list(self._matching(query))
+        # Stable sorts, least significant key first, give the multi-key order.
+        for path, direction in reversed(sort):
+            found.sort(key=lambda d, p=path: _sort_key(d, p), reverse=direction < 0)
+        return found[skip : skip + max(limit, 0)]
+
+    def _matching(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        candidates = self._narrow(query)
+        runs = self._runs
+        documents = runs.values() if candidates is None else map(runs.get, candidates)
+        return (d for d in documents if d is not None and _matches(d, query))
+
+    def _narrow(self, query: dict[str, Any]) -> set[str] | None:
+        """The smallest id set an indexed equality in ``query`` allows, if any."""
+        best: set[str] | None = None
+        for part in _conjuncts(query):
+            for field in self.INDEXED:
+                wanted = part.get(field)
+                if wanted is None:
+                    continue
+                values = wanted["$in"] if isinstance(wanted, dict) else [wanted]
+                if isinstance(wanted, dict) and set(wanted) != {"$in"}:
+                    continue
+                ids = set().union(*(self._ids_by[field].get(v, ()) for v in values))
+                if best is None or len(ids) < len(best):
+                    best = ids
+        return best
+
+
+def _conjuncts(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``query`` and every part of its ``$and``, however deeply nested."""
+    yield query
+    for part in query.get("$and", []):
+        yield from _conjuncts(part)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+_MISSING = object()
+
+
+def _lookup(document: dict[str, Any], path: str) -> Any:
+    value: Any = document
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _same(stored: Any, wanted: Any) -> bool:
+    """MongoDB equality: numbers compare by value, but a bool is never a number."""
+    if isinstance(stored, bool) or isinstance(wanted, bool):
+        return type(stored) is type(wanted) and stored == wanted
+    return stored == wanted
+
+
+def _matches(document: dict[str, Any], query: dict[str, Any]) -> bool:
+    """Evaluate the filters this module builds: equality, $in, ranges, $and, $or."""
+    for key, condition in query.items():
+        if key == "$and":
+            if not all(_matches(document, part) for part in condition):
+                return False
+            continue
+        if key == "$or":
+            if not any(_matches(document, part) for part in condition):
+                return False
+            continue
+        value = _lookup(document, key)
+        if isinstance(condition, dict):
+            if not all(_test(value, op, arg) for op, arg in condition.items()):
+                return False
+        elif not _same(None if value is _MISSING else value, condition):
+            return False
+    return True
+
+
+def _test(value: Any, operator: str, argument: Any) -> bool:
+    if operator == "$exists":
+        return (value is not _MISSING) == bool(argument)
+    if operator == "$in":
+        return any(_same(value, item) for item in argument)
+    if operator == "$ne":
+        return not _same(value, argument)
+    if value is _MISSING or value is None:
+        return False
+    comparisons = {
+        "$gt": value.__gt__,
+        "$gte": value.__ge__,
+        "$lt": value.__lt__,
+        "$lte": value.__le__,
+    }
+    return comparisons[operator](argument) is True
+
+
+def _sort_key(document: dict[str, Any], path: str) -> tuple[Any, ...]:
+    value = _lookup(document, path)
+    # Missing and null sort lowest, as in MongoDB.
+    return (0,) if value is _MISSING or value is None else (1, value)
 
 
 def _lock_directory(data_dir: Path) -> Any:
@@ -859,12 +1051,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = RunStore.open_mongodb(settings)
         logger.info("Storing runs in MongoDB database %r", settings.database)
     else:
-        store = RunStore.open_embedded(settings.data_dir, settings.database)
+        store = EmbeddedRunStore.open(settings.data_dir, settings.database)
         logger.info(
             "Storing runs in the embedded store at %s (one process only); set "
             "STRATEGY_MANAGER_MONGODB_URL=mongodb://... to use MongoDB instead",
             settings.data_dir.resolve(),
         )
+    await store.start()
     app.state.store = store
     indexing = asyncio.create_task(_ensure_indexes(store))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -239,8 +240,19 @@ async def test_metrics_are_merged_into_the_run(api: httpx.AsyncClient):
 
 
 # -------------------------------------------------------------------------- queries
+@pytest.fixture(params=["embedded", "mongodb"])
+async def any_store(request, tmp_path) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on the embedded store, then on the real driver (nx-27017)."""
+    overrides = {}
+    if request.param == "mongodb":
+        url = request.getfixturevalue("nx_server")
+        overrides = {"mongodb_url": url, "database": f"t{uuid.uuid4().hex}"}
+    async with app_client(make_settings(tmp_path, **overrides)) as client:
+        yield client
+
+
 @pytest.fixture
-async def catalogue(api: httpx.AsyncClient) -> dict[str, str]:
+async def catalogue(any_store: httpx.AsyncClient) -> dict[str, str]:
     """Five runs with different names, statuses, hyperparameters and metrics."""
     specs = {
         "sma_fast": (
@@ -282,13 +294,13 @@ async def catalogue(api: httpx.AsyncClient) -> dict[str, str]:
     ids = {}
     for label, (name, version, hp, sharpe, status) in specs.items():
         run = await create(
-            api, strategy_name=name, strategy_version=version, hyperparameters=hp,
+            any_store, strategy_name=name, strategy_version=version, hyperparameters=hp,
             orchestrator_type="cpcv" if label.startswith("mr") else "walk_forward",
         )  # fmt: skip
         update: dict = {"status": status}
         if sharpe is not None:
             update["metrics"] = {"sharpe": sharpe}
-        await api.put(f"/runs/{run['run_id']}", json=update)
+        await any_store.put(f"/runs/{run['run_id']}", json=update)
         ids[run["run_id"]] = label
     return ids
 
@@ -318,8 +330,8 @@ async def labels(api: httpx.AsyncClient, catalogue: dict, params) -> list[str]:
         ({"hp.missing": "1"}, []),
     ],
 )
-async def test_filters(api, catalogue, params, expected):
-    assert await labels(api, catalogue, params) == expected
+async def test_filters(any_store, catalogue, params, expected):
+    assert await labels(any_store, catalogue, params) == expected
 
 
 @pytest.mark.parametrize(
@@ -334,15 +346,17 @@ async def test_filters(api, catalogue, params, expected):
         ("timestamp", ["sma_fast", "sma_slow", "sma_old", "mr_a", "mr_b"]),
     ],
 )
-async def test_sort_puts_runs_missing_the_metric_last(api, catalogue, sort, expected):
-    assert await labels(api, catalogue, {"sort": sort}) == expected
+async def test_sort_puts_runs_missing_the_metric_last(
+    any_store, catalogue, sort, expected
+):
+    assert await labels(any_store, catalogue, {"sort": sort}) == expected
 
 
-async def test_metric_sort_pages_across_runs_with_and_without_it(api, catalogue):
+async def test_metric_sort_pages_across_runs_with_and_without_it(any_store, catalogue):
     seen = []
     for skip in (0, 2, 4):
         params = {"sort": "-metrics.sharpe", "skip": skip, "limit": 2}
-        page = await api.get("/runs", params=params)
+        page = await any_store.get("/runs", params=params)
         assert page.headers["x-total-count"] == "5"
         seen += [catalogue[r["run_id"]] for r in page.json()]
 
