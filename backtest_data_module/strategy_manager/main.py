@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import heapq
+import itertools
 import json
 import logging
 import math
+import operator
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -365,6 +368,28 @@ class RunStore:
         cursor = self.collection.find(query).sort(sort).skip(skip).limit(limit)
         return await cursor.to_list(None)
 
+    async def page(
+        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page in ``sort`` order and the number of matches over all pages.
+
+        Runs lacking the metric that ``sort`` starts with come last either way.
+        """
+        total = await self.count(query)
+        first = sort[0][0]
+        if not first.startswith("metrics."):
+            return await self.find(query, sort, skip, limit), total
+
+        # MongoDB puts missing values first in ascending order; split the set in
+        # two so that runs without the metric follow the others in both directions.
+        has = {"$and": [query, {first: {"$exists": True}}]}
+        lacks = {"$and": [query, {first: {"$exists": False}}]}
+        with_metric = await self.count(has)
+        found = await self.find(has, sort, skip, limit)
+        rest_skip = max(0, skip - with_metric)
+        found += await self.find(lacks, sort[1:], rest_skip, limit - len(found))
+        return found, total
+
     async def update(
         self, query: dict[str, Any], changes: dict[str, Any]
     ) -> dict[str, Any] | None:
@@ -471,17 +496,17 @@ class EmbeddedRunStore(RunStore):
     async def get(self, run_id: str) -> dict[str, Any] | None:
         return self._runs.get(run_id)
 
-    async def count(self, query: dict[str, Any]) -> int:
-        return sum(1 for _ in self._matching(query))
-
-    async def find(
+    async def page(
         self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], int]:
         found = list(self._matching(query))
-        # Stable sorts, least significant key first, give the multi-key order.
-        for path, direction in reversed(sort):
-            found.sort(key=lambda d, p=path: _sort_key(d, p), reverse=direction < 0)
-        return found[skip : skip + max(limit, 0)]
+        key = _order_key(sort)
+        wanted = skip + limit
+        if wanted * 8 < len(found):
+            top = heapq.nsmallest(wanted, found, key=key)
+        else:
+            top = sorted(found, key=key)
+        return top[skip:wanted], len(found)
 
     def _matching(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         candidates = self._narrow(query)
@@ -489,21 +514,24 @@ class EmbeddedRunStore(RunStore):
         documents = runs.values() if candidates is None else map(runs.get, candidates)
         return (d for d in documents if d is not None and _matches(d, query))
 
-    def _narrow(self, query: dict[str, Any]) -> set[str] | None:
-        """The smallest id set an indexed equality in ``query`` allows, if any."""
-        best: set[str] | None = None
+    def _narrow(self, query: dict[str, Any]) -> Iterable[str] | None:
+        """The fewest ids an indexed equality in ``query`` allows, if any."""
+        best: list[set[str]] | None = None
         for part in _conjuncts(query):
             for field in self.INDEXED:
                 wanted = part.get(field)
-                if wanted is None:
+                if isinstance(wanted, dict):
+                    if set(wanted) != {"$in"}:
+                        continue
+                    values = wanted["$in"]
+                elif wanted is None:
                     continue
-                values = wanted["$in"] if isinstance(wanted, dict) else [wanted]
-                if isinstance(wanted, dict) and set(wanted) != {"$in"}:
-                    continue
-                ids = set().union(*(self._ids_by[field].get(v, ()) for v in values))
-                if best is None or len(ids) < len(best):
-                    best = ids
-        return best
+                else:
+                    values = [wanted]
+                sets = [self._ids_by[field].get(v, set()) for v in values]
+                if best is None or sum(map(len, sets)) < sum(map(len, best)):
+                    best = sets
+        return None if best is None else itertools.chain.from_iterable(best)
 
 
 def _conjuncts(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -576,10 +604,71 @@ def _test(value: Any, operator: str, argument: Any) -> bool:
     return comparisons[operator](argument) is True
 
 
-def _sort_key(document: dict[str, Any], path: str) -> tuple[Any, ...]:
-    value = _lookup(document, path)
-    # Missing and null sort lowest, as in MongoDB.
-    return (0,) if value is _MISSING or value is None else (1, value)
+class _Descending:
+    """Wraps a value that cannot be negated so that it sorts in reverse."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return bool(other.value < self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+
+def _order_key(
+    sort: list[tuple[str, int]],
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """One sort key for the whole ``sort`` spec, as MongoDB would order.
+
+    Missing and null values sort lowest, except for a leading metric: runs without
+    it come last in both directions, as ``RunStore.page`` promises.
+    """
+    getters = [
+        (operator.itemgetter(path) if "." not in path else _getter(path), direction)
+        for path, direction in sort
+    ]
+    metric_first = sort[0][0].startswith("metrics.")
+
+    def key(document: dict[str, Any]) -> tuple[Any, ...]:
+        parts: list[Any] = []
+        for position, (get, direction) in enumerate(getters):
+            try:
+                value = get(document)
+            except (KeyError, TypeError):
+                value = None
+            if value is None:
+                last = (position == 0 and metric_first) or direction < 0
+                parts.append(2 if last else 0)
+                parts.append(0)
+                continue
+            if direction < 0:
+                if isinstance(value, datetime):
+                    value = -value.timestamp()
+                elif isinstance(value, int | float):
+                    value = -value
+                else:
+                    value = _Descending(value)
+            parts.append(1)
+            parts.append(value)
+        return tuple(parts)
+
+    return key
+
+
+def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    parts = path.split(".")
+
+    def get(document: dict[str, Any]) -> Any:
+        value: Any = document
+        for part in parts:
+            value = value[part]
+        return value
+
+    return get
 
 
 def _lock_directory(data_dir: Path) -> Any:
@@ -957,7 +1046,11 @@ def _parse_sort(specs: list[str]) -> list[tuple[str, int]]:
                     "each optionally prefixed with '-'.",
                 )
             keys.append((name, direction))
-    return keys or [("timestamp", pymongo.DESCENDING)]
+    # Every order ends in the default one and then the id, so pages never overlap.
+    for key in [("timestamp", pymongo.DESCENDING), ("_id", pymongo.ASCENDING)]:
+        if key[0] not in dict(keys):
+            keys.append(key)
+    return keys
 
 
 class ListQuery(BaseModel):
@@ -1017,29 +1110,6 @@ def _as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
-
-
-async def find_page(
-    store: RunStore, listing: ListQuery, skip: int, limit: int
-) -> list[dict[str, Any]]:
-    """One page in the requested order, with runs lacking a sorted metric last."""
-    sort = [*listing.sort, ("_id", pymongo.ASCENDING)]
-    first_key = sort[0][0]
-    if not first_key.startswith("metrics."):
-        return await store.find(listing.filter, sort, skip, limit)
-
-    # MongoDB puts missing values first in ascending order; split the set in two
-    # so that runs without the metric come after the others in both directions.
-    has = {"$and": [listing.filter, {first_key: {"$exists": True}}]}
-    lacks = {"$and": [listing.filter, {first_key: {"$exists": False}}]}
-    with_metric = await store.count(has)
-    page = await store.find(has, sort, skip, limit)
-    rest_sort: list[tuple[str, int]] = []
-    for key, direction in [*listing.sort[1:], ("timestamp", -1), ("_id", 1)]:
-        if key not in dict(rest_sort):
-            rest_sort.append((key, direction))
-    rest_skip = max(0, skip - with_metric)
-    return page + await store.find(lacks, rest_sort, rest_skip, limit - len(page))
 
 
 # ------------------------------------------------------------------------------- app
@@ -1228,8 +1298,7 @@ async def list_runs(
 
     Filter on hyperparameters with `hp.<path>=<JSON scalar>`, e.g. `hp.fast=10`.
     """
-    total = await store.count(listing.filter)
-    documents = await find_page(store, listing, skip, limit)
+    documents, total = await store.page(listing.filter, listing.sort, skip, limit)
     stale_before = utc_now() - timedelta(seconds=settings.stale_after_seconds)
     runs = [to_run(d, stale_before) for d in documents]
     return Response(

@@ -344,6 +344,9 @@ async def test_filters(any_store, catalogue, params, expected):
             ["mr_b", "mr_a", "sma_old", "sma_slow", "sma_fast"],
         ),
         ("timestamp", ["sma_fast", "sma_slow", "sma_old", "mr_a", "mr_b"]),
+        ("-strategy_name", ["sma_old", "sma_slow", "sma_fast", "mr_b", "mr_a"]),
+        ("status", ["sma_slow", "sma_fast", "sma_old", "mr_b", "mr_a"]),
+        ("-status,timestamp", ["mr_a", "mr_b", "sma_old", "sma_fast", "sma_slow"]),
     ],
 )
 async def test_sort_puts_runs_missing_the_metric_last(
