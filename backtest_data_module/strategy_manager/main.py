@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import math
-import operator
 import secrets
 import time
 import uuid
@@ -512,7 +511,8 @@ class EmbeddedRunStore(RunStore):
         candidates = self._narrow(query)
         runs = self._runs
         documents = runs.values() if candidates is None else map(runs.get, candidates)
-        return (d for d in documents if d is not None and _matches(d, query))
+        matches = _compile(query)
+        return (d for d in documents if d is not None and matches(d))
 
     def _narrow(self, query: dict[str, Any]) -> Iterable[str] | None:
         """The fewest ids an indexed equality in ``query`` allows, if any."""
@@ -550,40 +550,49 @@ def _aware(moment: datetime | None) -> datetime | None:
 _MISSING = object()
 
 
-def _lookup(document: dict[str, Any], path: str) -> Any:
-    value: Any = document
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
+def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
+    """Read a dotted path; ``_MISSING`` where the document has no such field."""
+    parts = path.split(".")
+
+    def get(document: dict[str, Any]) -> Any:
+        value: Any = document
+        for part in parts:
+            if not isinstance(value, dict):
+                return _MISSING
+            value = value.get(part, _MISSING)
+        return value
+
+    return get
 
 
 def _same(stored: Any, wanted: Any) -> bool:
     """MongoDB equality: numbers compare by value, but a bool is never a number."""
     if isinstance(stored, bool) or isinstance(wanted, bool):
         return type(stored) is type(wanted) and stored == wanted
-    return stored == wanted
+    return bool(stored == wanted)
 
 
-def _matches(document: dict[str, Any], query: dict[str, Any]) -> bool:
-    """Evaluate the filters this module builds: equality, $in, ranges, $and, $or."""
+def _compile(query: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for the filters this module builds: equality, $in, ranges,
+    $exists, $ne, $and and $or. Compiled once per request, run once per run."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
     for key, condition in query.items():
-        if key == "$and":
-            if not all(_matches(document, part) for part in condition):
-                return False
-            continue
-        if key == "$or":
-            if not any(_matches(document, part) for part in condition):
-                return False
-            continue
-        value = _lookup(document, key)
-        if isinstance(condition, dict):
-            if not all(_test(value, op, arg) for op, arg in condition.items()):
-                return False
-        elif not _same(None if value is _MISSING else value, condition):
-            return False
-    return True
+        if key in ("$and", "$or"):
+            parts = [_compile(part) for part in condition]
+            combine = all if key == "$and" else any
+            tests.append(lambda d, p=parts, c=combine: c(t(d) for t in p))
+        elif isinstance(condition, dict):
+            get = _getter(key)
+            for op, arg in condition.items():
+                tests.append(lambda d, g=get, o=op, a=arg: _test(g(d), o, a))
+        else:
+            get = _getter(key)
+            tests.append(
+                lambda d, g=get, w=condition: _same(
+                    None if (v := g(d)) is _MISSING else v, w
+                )
+            )
+    return lambda document: all(test(document) for test in tests)
 
 
 def _test(value: Any, operator: str, argument: Any) -> bool:
@@ -627,20 +636,14 @@ def _order_key(
     Missing and null values sort lowest, except for a leading metric: runs without
     it come last in both directions, as ``RunStore.page`` promises.
     """
-    getters = [
-        (operator.itemgetter(path) if "." not in path else _getter(path), direction)
-        for path, direction in sort
-    ]
+    getters = [(_getter(path), direction) for path, direction in sort]
     metric_first = sort[0][0].startswith("metrics.")
 
     def key(document: dict[str, Any]) -> tuple[Any, ...]:
         parts: list[Any] = []
         for position, (get, direction) in enumerate(getters):
-            try:
-                value = get(document)
-            except (KeyError, TypeError):
-                value = None
-            if value is None:
+            value = get(document)
+            if value is None or value is _MISSING:
                 last = (position == 0 and metric_first) or direction < 0
                 parts.append(2 if last else 0)
                 parts.append(0)
@@ -657,18 +660,6 @@ def _order_key(
         return tuple(parts)
 
     return key
-
-
-def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
-    parts = path.split(".")
-
-    def get(document: dict[str, Any]) -> Any:
-        value: Any = document
-        for part in parts:
-            value = value[part]
-        return value
-
-    return get
 
 
 def _lock_directory(data_dir: Path) -> Any:
@@ -1129,7 +1120,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     await store.start()
     app.state.store = store
+    # Indexes are in place before the first request when the database answers;
+    # otherwise the service starts anyway and a task keeps trying.
     indexing = asyncio.create_task(_ensure_indexes(store))
+    await asyncio.wait([indexing], timeout=settings.db_timeout_ms / 1000 * 3)
     try:
         yield
     finally:
