@@ -260,11 +260,8 @@ def _python_load(
 # ------------------------------------------------------------------ 100k listing
 def fill_store(data_dir: Path, count: int) -> None:
     """Write ``count`` varied runs straight into an embedded store."""
-    from backtest_data_module.strategy_manager.main import (
-        EmbeddedRunStore,
-        RunCreate,
-        new_document,
-    )
+    from backtest_data_module.strategy_manager.main import RunCreate, new_document
+    from backtest_data_module.strategy_manager.store import EmbeddedRunStore
 
     async def fill() -> None:
         store = EmbeddedRunStore.open(data_dir, "strategy_manager")

@@ -1,30 +1,25 @@
 """The Strategy Manager service: one MongoDB document per backtest run.
 
-Sections, top to bottom: limits and settings, input checks, schemas, the store
-(both drivers behind one small class), run lifecycle rules, errors, auth, the app
-factory with its lifespan, and the routes.
+Sections, top to bottom: limits and settings, input checks, schemas, run lifecycle
+rules, errors, auth, list queries, the app factory with its lifespan, and the
+routes. Where runs are kept (MongoDB or the embedded store) is ``store.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import heapq
-import itertools
 import json
 import logging
 import math
 import secrets
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import litemongo
 import pymongo
 import pymongo.errors
 from fastapi import (
@@ -41,7 +36,6 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.security import APIKeyHeader
-from mongomock_motor import AsyncMongoMockClient
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -57,6 +51,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backtest_data_module.strategy_manager.store import EmbeddedRunStore, RunStore
+
 logger = logging.getLogger(__name__)
 
 # Limits on what a client may send; the README's "Limits" table repeats them.
@@ -68,7 +64,6 @@ MAX_PAGE_SIZE = 1000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 API_KEY_HEADER = "X-API-KEY"
-COLLECTION = "runs"
 
 
 # --------------------------------------------------------------------------- settings
@@ -269,411 +264,6 @@ def utc_now() -> datetime:
     """Now in UTC, cut to the millisecond that BSON stores."""
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-# ------------------------------------------------------------------------------ store
-class _LiteMongoClient(litemongo.MongoClient):
-    """litemongo's client with a writable ``options``.
-
-    mongomock-motor assigns ``client.options`` when it wraps a client, and litemongo
-    exposes that attribute as a read-only property.
-    """
-
-    @property
-    def options(self) -> Any:
-        return self._motor_options
-
-    @options.setter
-    def options(self, value: Any) -> None:
-        self._motor_options = value
-
-
-class StoreBusy(RuntimeError):
-    """Another process holds the embedded store's data directory."""
-
-
-class RunStore:
-    """The ``runs`` collection behind the few operations the service needs.
-
-    It works on PyMongo's async collection and on mongomock-motor's, and keeps the
-    places where the two differ (closing, ping) inside this class.
-    """
-
-    def __init__(self, collection: Any, close: Callable[[], Awaitable[None]]) -> None:
-        self.collection = collection
-        self._close = close
-
-    @classmethod
-    def open_mongodb(cls, settings: Settings) -> RunStore:
-        client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
-            settings.mongodb_url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=settings.db_timeout_ms,
-            connectTimeoutMS=settings.db_timeout_ms,
-        )
-        collection = client[settings.database][COLLECTION]
-        return cls(collection, client.close)
-
-    async def start(self) -> None:
-        """Get ready to serve; the embedded store reads its runs into memory here."""
-
-    async def close(self) -> None:
-        await self._close()
-
-    async def ping(self) -> None:
-        await self.collection.database.command("ping")
-
-    async def ensure_indexes(self) -> None:
-        # One index per filter the list route offers, each ending in the default
-        # order so that a filtered first page reads no more than it returns.
-        # Limitation: the `_id` tie-break is left out of these keys, because
-        # nx-27017 refuses every insert once an index names `_id`; equal
-        # timestamps (same millisecond) are ordered in memory.
-        newest = [("timestamp", pymongo.DESCENDING)]
-        for keys in (
-            newest,
-            [("strategy_name", 1), *newest],
-            [("strategy_version", 1), *newest],
-            [("orchestrator_type", 1), *newest],
-            [("status", 1), *newest],
-            [("status", 1), ("heartbeat_at", 1)],
-            [("updated_at", pymongo.DESCENDING)],
-        ):
-            await self.collection.create_index(keys)
-        try:
-            await self.collection.create_index([("hyperparameters.$**", 1)])
-        except (pymongo.errors.OperationFailure, NotImplementedError) as exc:
-            logger.debug("No wildcard index on hyperparameters here: %s", exc)
-
-    async def insert(self, document: dict[str, Any]) -> bool:
-        """Insert; False when a run with that ``_id`` exists already."""
-        try:
-            await self.collection.insert_one(document)
-        except pymongo.errors.DuplicateKeyError:
-            return False
-        return True
-
-    async def get(self, run_id: str) -> dict[str, Any] | None:
-        return await self.collection.find_one({"_id": run_id})
-
-    async def count(self, query: dict[str, Any]) -> int:
-        return await self.collection.count_documents(query)
-
-    async def find(
-        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
-    ) -> list[dict[str, Any]]:
-        if limit <= 0:
-            return []
-        cursor = self.collection.find(query).sort(sort).skip(skip).limit(limit)
-        return await cursor.to_list(None)
-
-    async def page(
-        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """One page in ``sort`` order and the number of matches over all pages.
-
-        Runs lacking the metric that ``sort`` starts with come last either way.
-        """
-        total = await self.count(query)
-        first = sort[0][0]
-        if not first.startswith("metrics."):
-            return await self.find(query, sort, skip, limit), total
-
-        # MongoDB puts missing values first in ascending order; split the set in
-        # two so that runs without the metric follow the others in both directions.
-        has = {"$and": [query, {first: {"$exists": True}}]}
-        lacks = {"$and": [query, {first: {"$exists": False}}]}
-        with_metric = await self.count(has)
-        found = await self.find(has, sort, skip, limit)
-        rest_skip = max(0, skip - with_metric)
-        found += await self.find(lacks, sort[1:], rest_skip, limit - len(found))
-        return found, total
-
-    async def update(
-        self, query: dict[str, Any], changes: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Apply ``$set`` atomically to the one run ``query`` matches, if any."""
-        return await self.collection.find_one_and_update(
-            query, {"$set": changes}, return_document=pymongo.ReturnDocument.AFTER
-        )
-
-    async def delete(self, run_id: str) -> bool:
-        result = await self.collection.delete_one({"_id": run_id})
-        return result.deleted_count == 1
-
-
-class EmbeddedRunStore(RunStore):
-    """The embedded store, with every run also held in memory for reads.
-
-    litemongo decodes each document from SQLite on every query, and mongomock
-    filters and sorts in Python after decoding all candidates: listing a page of
-    100,000 runs took seconds. One process owns the store (``_lock_directory``),
-    so a copy in memory, updated after each write has been committed to SQLite,
-    is exact. Reads use it; writes still go through mongomock to SQLite.
-    """
-
-    INDEXED = ("strategy_name", "strategy_version", "orchestrator_type", "status")
-
-    def __init__(
-        self,
-        collection: Any,
-        close: Callable[[], Awaitable[None]],
-        stored: Callable[[], Iterator[dict[str, Any]]],
-    ) -> None:
-        super().__init__(collection, close)
-        self._stored = stored
-        self._runs: dict[str, dict[str, Any]] = {}
-        self._ids_by: dict[str, dict[Any, set[str]]] = {f: {} for f in self.INDEXED}
-
-    @classmethod
-    def open(cls, data_dir: Path, database: str) -> EmbeddedRunStore:
-        """Open the SQLite-backed store; call on the event loop's thread only."""
-        data_dir.mkdir(parents=True, exist_ok=True)
-        lock = _lock_directory(data_dir)
-        client = _LiteMongoClient(str(data_dir.resolve()))
-        collection = AsyncMongoMockClient(mock_mongo_client=client)[database][
-            COLLECTION
-        ]
-
-        async def close() -> None:
-            client.close()
-            lock.close()
-
-        def stored() -> Iterator[dict[str, Any]]:
-            # Read the SQLite rows directly: mongomock's find() spends milliseconds
-            # per document on copies, which made start-up with 100k runs take minutes.
-            return client[database][COLLECTION]._store.documents
-
-        return cls(collection, close, stored)
-
-    async def start(self) -> None:
-        started = time.perf_counter()
-        for document in self._stored():
-            self._remember(document)
-        logger.info(
-            "Loaded %d runs from the embedded store in %.1f s",
-            len(self._runs),
-            time.perf_counter() - started,
-        )
-
-    # Limitation: every run is held in memory (about 1-2 KB each), so the embedded
-    # store suits up to a few hundred thousand runs; use MongoDB beyond that.
-    def _remember(self, document: dict[str, Any]) -> None:
-        self._forget(document["_id"])
-        for name in ("timestamp", "updated_at", "started_at", "finished_at"):
-            document[name] = _aware(document.get(name))
-        document["heartbeat_at"] = _aware(document.get("heartbeat_at"))
-        self._runs[document["_id"]] = document
-        for field in self.INDEXED:
-            self._ids_by[field].setdefault(document[field], set()).add(document["_id"])
-
-    def _forget(self, run_id: str) -> None:
-        document = self._runs.pop(run_id, None)
-        if document is not None:
-            for field in self.INDEXED:
-                self._ids_by[field][document[field]].discard(run_id)
-
-    async def insert(self, document: dict[str, Any]) -> bool:
-        if not await super().insert(document):
-            return False
-        self._remember(dict(document))
-        return True
-
-    async def update(
-        self, query: dict[str, Any], changes: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        updated = await super().update(query, changes)
-        if updated is not None:
-            self._remember(updated)
-        return updated
-
-    async def delete(self, run_id: str) -> bool:
-        deleted = await super().delete(run_id)
-        self._forget(run_id)
-        return deleted
-
-    async def get(self, run_id: str) -> dict[str, Any] | None:
-        return self._runs.get(run_id)
-
-    async def page(
-        self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        found = list(self._matching(query))
-        key = _order_key(sort)
-        wanted = skip + limit
-        if wanted * 8 < len(found):
-            top = heapq.nsmallest(wanted, found, key=key)
-        else:
-            top = sorted(found, key=key)
-        return top[skip:wanted], len(found)
-
-    def _matching(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        candidates = self._narrow(query)
-        runs = self._runs
-        documents = runs.values() if candidates is None else map(runs.get, candidates)
-        matches = _compile(query)
-        return (d for d in documents if d is not None and matches(d))
-
-    def _narrow(self, query: dict[str, Any]) -> Iterable[str] | None:
-        """The fewest ids an indexed equality in ``query`` allows, if any."""
-        best: list[set[str]] | None = None
-        for part in _conjuncts(query):
-            for field in self.INDEXED:
-                wanted = part.get(field)
-                if isinstance(wanted, dict):
-                    if set(wanted) != {"$in"}:
-                        continue
-                    values = wanted["$in"]
-                elif wanted is None:
-                    continue
-                else:
-                    values = [wanted]
-                sets = [self._ids_by[field].get(v, set()) for v in values]
-                if best is None or sum(map(len, sets)) < sum(map(len, best)):
-                    best = sets
-        return None if best is None else itertools.chain.from_iterable(best)
-
-
-def _conjuncts(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """``query`` and every part of its ``$and``, however deeply nested."""
-    yield query
-    for part in query.get("$and", []):
-        yield from _conjuncts(part)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment
-
-
-_MISSING = object()
-
-
-def _getter(path: str) -> Callable[[dict[str, Any]], Any]:
-    """Read a dotted path; ``_MISSING`` where the document has no such field."""
-    parts = path.split(".")
-
-    def get(document: dict[str, Any]) -> Any:
-        value: Any = document
-        for part in parts:
-            if not isinstance(value, dict):
-                return _MISSING
-            value = value.get(part, _MISSING)
-        return value
-
-    return get
-
-
-def _same(stored: Any, wanted: Any) -> bool:
-    """MongoDB equality: numbers compare by value, but a bool is never a number."""
-    if isinstance(stored, bool) or isinstance(wanted, bool):
-        return type(stored) is type(wanted) and stored == wanted
-    return bool(stored == wanted)
-
-
-def _compile(query: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
-    """A predicate for the filters this module builds: equality, $in, ranges,
-    $exists, $ne, $and and $or. Compiled once per request, run once per run."""
-    tests: list[Callable[[dict[str, Any]], bool]] = []
-    for key, condition in query.items():
-        if key in ("$and", "$or"):
-            parts = [_compile(part) for part in condition]
-            combine = all if key == "$and" else any
-            tests.append(lambda d, p=parts, c=combine: c(t(d) for t in p))
-        elif isinstance(condition, dict):
-            get = _getter(key)
-            for op, arg in condition.items():
-                tests.append(lambda d, g=get, o=op, a=arg: _test(g(d), o, a))
-        else:
-            get = _getter(key)
-            tests.append(
-                lambda d, g=get, w=condition: _same(
-                    None if (v := g(d)) is _MISSING else v, w
-                )
-            )
-    return lambda document: all(test(document) for test in tests)
-
-
-def _test(value: Any, operator: str, argument: Any) -> bool:
-    if operator == "$exists":
-        return (value is not _MISSING) == bool(argument)
-    if operator == "$in":
-        return any(_same(value, item) for item in argument)
-    if operator == "$ne":
-        return not _same(value, argument)
-    if value is _MISSING or value is None:
-        return False
-    comparisons = {
-        "$gt": value.__gt__,
-        "$gte": value.__ge__,
-        "$lt": value.__lt__,
-        "$lte": value.__le__,
-    }
-    return comparisons[operator](argument) is True
-
-
-class _Descending:
-    """Wraps a value that cannot be negated so that it sorts in reverse."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __lt__(self, other: _Descending) -> bool:
-        return bool(other.value < self.value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.value == other.value
-
-
-def _order_key(
-    sort: list[tuple[str, int]],
-) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """One sort key for the whole ``sort`` spec, as MongoDB would order.
-
-    Missing and null values sort lowest, except for a leading metric: runs without
-    it come last in both directions, as ``RunStore.page`` promises.
-    """
-    getters = [(_getter(path), direction) for path, direction in sort]
-    metric_first = sort[0][0].startswith("metrics.")
-
-    def key(document: dict[str, Any]) -> tuple[Any, ...]:
-        parts: list[Any] = []
-        for position, (get, direction) in enumerate(getters):
-            value = get(document)
-            if value is None or value is _MISSING:
-                last = (position == 0 and metric_first) or direction < 0
-                parts.append(2 if last else 0)
-                parts.append(0)
-                continue
-            if direction < 0:
-                if isinstance(value, datetime):
-                    value = -value.timestamp()
-                elif isinstance(value, int | float):
-                    value = -value
-                else:
-                    value = _Descending(value)
-            parts.append(1)
-            parts.append(value)
-        return tuple(parts)
-
-    return key
-
-
-def _lock_directory(data_dir: Path) -> Any:
-    lock = (data_dir / ".lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise StoreBusy(
-            f"The embedded store in {data_dir.resolve()} is in use by another "
-            "process; it serves one process only. Set STRATEGY_MANAGER_MONGODB_URL "
-            "to run several workers."
-        ) from None
-    return lock
 
 
 # ------------------------------------------------------------------ runs <-> documents
@@ -1109,7 +699,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     _show_info_logs()
     if settings.mongodb_url:
-        store = RunStore.open_mongodb(settings)
+        store = RunStore.open_mongodb(
+            settings.mongodb_url, settings.database, settings.db_timeout_ms
+        )
         logger.info("Storing runs in MongoDB database %r", settings.database)
     else:
         store = EmbeddedRunStore.open(settings.data_dir, settings.database)
