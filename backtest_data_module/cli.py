@@ -20,7 +20,13 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.pretty import Pretty
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from backtest_data_module.strategy_manager.client import (
@@ -337,6 +343,16 @@ def backtest(
             if cpcv
             else WalkForward(train_size, test_size, step, expanding, purge)
         )
+        n_slices = splitter.get_n_splits(len(frame))
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        task = progress.add_task(f"{splitter.name} slices", total=n_slices)
         orchestrator = Orchestrator(
             strategy,
             params,
@@ -346,25 +362,15 @@ def backtest(
             api_key=api_key,
             commission_bps=commission_bps,
             slippage_bps=slippage_bps,
+            progress=lambda finished, _: progress.update(task, completed=finished),
         )
-        n_slices = splitter.get_n_splits(len(frame))
-
-        # Limitation: the Orchestrator reports no per-slice progress, so this is a
-        # spinner with the slice count rather than a bar that fills slice by slice.
-        progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
+        progress.update(
+            task,
+            description=f"{orchestrator.strategy.name} on {len(frame)} bars, "
+            f"{splitter.name} slices",
         )
         with warnings.catch_warnings(record=True) as caught, progress:
             warnings.simplefilter("always")
-            progress.add_task(
-                f"{orchestrator.strategy.name} on {len(frame)} bars, "
-                f"{n_slices} {splitter.name} slices",
-                total=None,
-            )
             result: RunResult = orchestrator.run(frame)
 
     for warning in caught:

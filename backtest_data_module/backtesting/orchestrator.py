@@ -176,6 +176,9 @@ class Orchestrator:
         Seconds a finished run waits for its tracking calls before saving the rest.
     heartbeat_interval:
         Seconds between heartbeats while slices run.
+    progress:
+        Called as ``progress(finished, total)`` after each slice, from whichever
+        thread finished it; the command line draws its progress bar with it.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class Orchestrator:
         tracking_retry_for: float = DEFAULT_TRACKING_RETRY_FOR,
         tracking_timeout: float = DEFAULT_TRACKING_TIMEOUT,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if validation is None:
             raise ValueError("validation must be a splitter such as WalkForward")
@@ -226,6 +230,7 @@ class Orchestrator:
         self.tracking_retry_for = tracking_retry_for
         self.tracking_timeout = tracking_timeout
         self.heartbeat_interval = heartbeat_interval
+        self.progress = progress
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -348,7 +353,8 @@ class Orchestrator:
 
         try:
             with _heartbeats(tracker, self.heartbeat_interval):
-                slices = await executor.run(self._tasks(splits), bars)
+                done = _progress_counter(self.progress, len(splits))
+                slices = await executor.run(self._tasks(splits), bars, done)
             summary, metrics = self._summarise(run_id, bars, slices, started)
             metrics_uri = await asyncio.to_thread(
                 _write_outputs, self.metrics_dir, run_id, summary, slices
@@ -543,13 +549,33 @@ def run_slice(task: SliceTask, bars: pd.DataFrame) -> SliceResult:
     )
 
 
-def _run_slices(tasks: list[SliceTask], bars: pd.DataFrame) -> list[SliceResult]:
-    return [run_slice(task, bars) for task in tasks]
+def _progress_counter(
+    report: Callable[[int, int], None] | None, total: int
+) -> Callable[[], None]:
+    """A callable each finished slice calls once; it tells ``report`` the count."""
+    finished = itertools.count(1)
+
+    def done() -> None:
+        count = next(finished)
+        if report is not None:
+            report(count, total)
+
+    return done
+
+
+def _run_slices(
+    tasks: list[SliceTask], bars: pd.DataFrame, done: Callable[[], None]
+) -> list[SliceResult]:
+    results = []
+    for task in tasks:
+        results.append(run_slice(task, bars))
+        done()
+    return results
 
 
 class _Executor(Protocol):
     async def run(
-        self, tasks: list[SliceTask], bars: pd.DataFrame
+        self, tasks: list[SliceTask], bars: pd.DataFrame, done: Callable[[], None]
     ) -> list[SliceResult]: ...
 
 
@@ -557,9 +583,9 @@ class _LocalExecutor:
     """Slices one after another on a worker thread, so the event loop stays free."""
 
     async def run(
-        self, tasks: list[SliceTask], bars: pd.DataFrame
+        self, tasks: list[SliceTask], bars: pd.DataFrame, done: Callable[[], None]
     ) -> list[SliceResult]:
-        return await asyncio.to_thread(_run_slices, tasks, bars)
+        return await asyncio.to_thread(_run_slices, tasks, bars, done)
 
 
 class _ProcessExecutor:
@@ -569,7 +595,7 @@ class _ProcessExecutor:
         self.pool = pool
 
     async def run(
-        self, tasks: list[SliceTask], bars: pd.DataFrame
+        self, tasks: list[SliceTask], bars: pd.DataFrame, done: Callable[[], None]
     ) -> list[SliceResult]:
         loop = asyncio.get_running_loop()
         futures = [
@@ -578,6 +604,8 @@ class _ProcessExecutor:
             )
             for task in tasks
         ]
+        for future in futures:
+            future.add_done_callback(lambda _: done())
         return list(await asyncio.gather(*futures))
 
 
@@ -593,11 +621,13 @@ class _RayExecutor:
         self.remote_slice = ray.remote(run_slice)
 
     async def run(
-        self, tasks: list[SliceTask], bars: pd.DataFrame
+        self, tasks: list[SliceTask], bars: pd.DataFrame, done: Callable[[], None]
     ) -> list[SliceResult]:
         bars_ref = self.ray.put(bars)
         refs = [self.remote_slice.remote(task, bars_ref) for task in tasks]
         futures = [asyncio.wrap_future(ref.future()) for ref in refs]
+        for future in futures:
+            future.add_done_callback(lambda _: done())
         try:
             return list(await asyncio.gather(*futures))
         except self.ray.exceptions.RayTaskError as exc:

@@ -544,3 +544,22 @@ def test_outbox_replays_each_run_in_call_order_whatever_the_file_order(
     calls = outbox.read(outbox.claim())
 
     assert [(c.run_id, c.seq) for c in calls] == [("a", 0), ("a", 1), ("b", 0)]
+
+
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_progress_is_reported_once_per_slice(
+    tmp_path: Path, bars: pd.DataFrame, executor: str
+) -> None:
+    calls: list[tuple[int, int]] = []
+    orchestrator = Orchestrator(
+        SmaCrossover,
+        {"fast": 10, "slow": 50},
+        WALK_FORWARD,
+        metrics_dir=tmp_path,
+        executor=executor,  # type: ignore[arg-type]
+        progress=lambda finished, total: calls.append((finished, total)),
+    )
+
+    orchestrator.run(bars)
+
+    assert calls == [(i, 6) for i in range(1, 7)]
