@@ -724,14 +724,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _show_info_logs() -> None:
-    """Print this package's INFO lines beside uvicorn's, unless logging is set up."""
+    """Print this package's log lines beside uvicorn's, at uvicorn's level.
+
+    Does nothing when the application has configured logging itself.
+    """
     package = logging.getLogger("backtest_data_module")
     if package.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     package.addHandler(handler)
-    package.setLevel(logging.INFO)
+    # `uvicorn --log-level warning` silences the per-run INFO lines too.
+    package.setLevel(logging.getLogger("uvicorn.error").getEffectiveLevel())
 
 
 async def _ensure_indexes(store: RunStore) -> None:
