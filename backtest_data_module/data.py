@@ -242,9 +242,10 @@ def synthetic_bars(
 def bars_fingerprint(df: pd.DataFrame) -> str:
     """Return a stable sha256 hex digest of the bars' timestamps and OHLCV values.
 
-    Timestamps are hashed as int64 nanoseconds since the epoch (with the time zone
-    name), values as little-endian float64 in ``open, high, low, close, volume``
-    order, so the digest does not depend on the index resolution or column order.
+    Timestamps are hashed as int64 microseconds since the epoch (with the time
+    zone name), which reaches far past the year 2262 where nanoseconds overflow;
+    values as little-endian float64 in ``open, high, low, close, volume`` order, so
+    the digest does not depend on the index resolution or column order.
 
     Parameters
     ----------
@@ -264,6 +265,7 @@ def bars_fingerprint(df: pd.DataFrame) -> str:
 
     digest = hashlib.sha256()
     digest.update(str(bars.index.tz).encode())
-    digest.update(bars.index.as_unit("ns").asi8.astype("<i8").tobytes())
+    # Limitation: timestamps finer than a microsecond are hashed rounded down.
+    digest.update(bars.index.as_unit("us").asi8.astype("<i8").tobytes())
     digest.update(np.ascontiguousarray(bars.to_numpy(), dtype="<f8").tobytes())
     return digest.hexdigest()

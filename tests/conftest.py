@@ -17,6 +17,9 @@ from backtest_data_module.strategy_manager.main import Settings, create_app, lif
 
 API_KEY = "test-key"
 
+# The live uvicorn server fixture, shared by the tests that cross the network.
+pytest_plugins = ["tests.live_server"]
+
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(api_key=API_KEY, data_dir=data_dir, **overrides)

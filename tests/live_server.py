@@ -1,11 +1,10 @@
 """A real strategy manager service in a uvicorn subprocess, for end-to-end tests.
 
-Use the ``live_server`` fixture (session scope) by importing it into a test module::
+The ``live_server`` fixture (session scope) is available to every test, because
+``tests/conftest.py`` loads this module as a plugin. To start one by hand (the
+benchmark does)::
 
-    from tests.live_server import live_server  # noqa: F401
-
-or start one by hand with ``with running_server(data_dir) as server: ...`` (the
-benchmark does that).
+    with running_server(data_dir) as server: ...
 """
 
 from __future__ import annotations

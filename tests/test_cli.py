@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from backtest_data_module.cli import app
-from tests.live_server import LiveServer, free_port, live_server  # noqa: F401
+from tests.live_server import LiveServer, free_port
 
 runner = CliRunner()
 BARS = ["--synthetic", "400"]
@@ -102,7 +102,7 @@ class Seeded:
 
 
 @pytest.fixture
-def seeded(live_server: LiveServer) -> Seeded:  # noqa: F811
+def seeded(live_server: LiveServer) -> Seeded:
     """Runs with fast=5 (PENDING), 10 (RUNNING), 20 (FAILED) of a fresh strategy."""
     name = f"cli-{uuid.uuid4().hex[:8]}"
     headers = {"X-API-KEY": live_server.api_key}
@@ -132,7 +132,7 @@ def api_env(server: LiveServer) -> dict[str, str]:
 
 
 def test_runs_list_filters_sorts_and_counts(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     seeded: Seeded,
 ) -> None:
     code, out, err = invoke(
@@ -150,7 +150,7 @@ def test_runs_list_filters_sorts_and_counts(
 
 
 def test_runs_list_filters_on_hyperparameters(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     seeded: Seeded,
 ) -> None:
     code, out, err = invoke(
@@ -165,7 +165,7 @@ def test_runs_list_filters_on_hyperparameters(
 
 
 def test_runs_show_prints_every_field(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     seeded: Seeded,
 ) -> None:
     run_id = seeded.run_ids[2]
@@ -185,14 +185,14 @@ def test_runs_show_prints_every_field(
         assert field in out
 
 
-def test_runs_show_of_an_unknown_run_is_one_line(live_server: LiveServer) -> None:  # noqa: F811
+def test_runs_show_of_an_unknown_run_is_one_line(live_server: LiveServer) -> None:
     run_id = str(uuid.uuid4())
     code, _, err = invoke("runs", "show", run_id, env=api_env(live_server))
 
     assert_one_line_error(code, err, f"404: No run with id {run_id}.")
 
 
-def test_wrong_api_key_is_one_line(live_server: LiveServer) -> None:  # noqa: F811
+def test_wrong_api_key_is_one_line(live_server: LiveServer) -> None:
     env = {**api_env(live_server), "STRATEGY_MANAGER_API_KEY": "wrong"}
     code, _, err = invoke("runs", "list", env=env)
 

@@ -141,6 +141,13 @@ def test_million_synthetic_bars_are_fast():
     assert time.perf_counter() - start < 2.0
 
 
+def test_fingerprint_takes_bars_beyond_the_nanosecond_range():
+    far = synthetic_bars(105_000, seed=1)  # daily bars from 2020 run to 2307
+
+    assert far.index[-1].year == 2307
+    assert len(bars_fingerprint(far)) == 64
+
+
 def test_fingerprint_is_stable_and_sensitive(bars):
     digest = bars_fingerprint(bars)
     assert len(digest) == 64

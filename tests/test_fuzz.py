@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from scripts.export_openapi import OPENAPI_PATH
-from tests.live_server import LiveServer, live_server  # noqa: F401
+from tests.live_server import LiveServer
 
 # Bounded so the whole module stays well under a minute on two cores.
 MAX_EXAMPLES = 30
@@ -49,7 +49,7 @@ CHECKS = [
 )
 def test_every_answer_conforms_to_the_spec(
     case: schemathesis.Case,
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
 ) -> None:
     case.call_and_validate(
         base_url=live_server.url,
@@ -70,7 +70,7 @@ RUN_OPERATIONS = [
 @pytest.mark.parametrize(("method", "path"), RUN_OPERATIONS)
 @pytest.mark.parametrize("key", [None, "", "wrong-key"], ids=["none", "empty", "wrong"])
 def test_runs_routes_refuse_a_missing_or_wrong_key(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     method: str,
     path: str,
     key: str | None,
@@ -88,7 +88,7 @@ def test_runs_routes_refuse_a_missing_or_wrong_key(
 
 
 # Findings of the fuzzer, pinned so they stay fixed whatever examples it draws.
-def test_update_with_null_metrics_changes_nothing(live_server: LiveServer) -> None:  # noqa: F811
+def test_update_with_null_metrics_changes_nothing(live_server: LiveServer) -> None:
     headers = {"X-API-KEY": live_server.api_key}
     body = {"strategy_name": "s", "strategy_version": "1", "orchestrator_type": "wf"}
     run = httpx.post(f"{live_server.url}/runs", json=body, headers=headers).json()
@@ -103,7 +103,7 @@ def test_update_with_null_metrics_changes_nothing(live_server: LiveServer) -> No
     assert response.json()["metrics"] == {}
 
 
-def test_body_that_is_not_utf8_is_a_declared_400(live_server: LiveServer) -> None:  # noqa: F811
+def test_body_that_is_not_utf8_is_a_declared_400(live_server: LiveServer) -> None:
     response = httpx.post(
         f"{live_server.url}/runs",
         content=b"\xff\x52\x19",
@@ -116,7 +116,7 @@ def test_body_that_is_not_utf8_is_a_declared_400(live_server: LiveServer) -> Non
     assert "400" in declared
 
 
-def test_hand_raised_422_carries_an_errors_list(live_server: LiveServer) -> None:  # noqa: F811
+def test_hand_raised_422_carries_an_errors_list(live_server: LiveServer) -> None:
     response = httpx.get(
         f"{live_server.url}/runs",
         params={"sort": "nowhere"},

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from scripts.export_openapi import OPENAPI_PATH, openapi_document, render
-from tests.live_server import LiveServer, live_server  # noqa: F401
+from tests.live_server import LiveServer
 
 PACKAGE = "strategy_manager_api_client"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
@@ -83,7 +83,7 @@ def _api(package: ModuleType, name: str) -> Any:
 
 
 @pytest.fixture
-def client(api_client: ModuleType, live_server: LiveServer) -> Iterator[Any]:  # noqa: F811
+def client(api_client: ModuleType, live_server: LiveServer) -> Iterator[Any]:
     """The generated AuthenticatedClient, sending the key as the spec declares."""
     authenticated = api_client.AuthenticatedClient(
         base_url=live_server.url,
@@ -175,7 +175,7 @@ def test_generated_client_drives_a_run_through_its_life(
 
 def test_generated_client_parses_refusals_as_problems(
     api_client: ModuleType,
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     client: Any,
 ) -> None:
     models = _api(api_client, "models")

@@ -27,7 +27,7 @@ from backtest_data_module.backtesting.validation import (
     WalkForward,
 )
 from backtest_data_module.data import bars_fingerprint, synthetic_bars
-from tests.live_server import LiveServer, free_port, live_server  # noqa: F401
+from tests.live_server import LiveServer, free_port
 
 WALK_FORWARD = WalkForward(train_size=1000, test_size=500)
 TEST_RANGES = [[1000, 1500], [1500, 2000], [2000, 2500], [2500, 3000],
@@ -115,7 +115,7 @@ def read_summary(result: RunResult) -> dict[str, Any]:
 
 
 def test_completed_run_is_recorded_with_metrics_and_uri(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -141,7 +141,7 @@ def test_completed_run_is_recorded_with_metrics_and_uri(
 
 
 def test_failing_strategy_is_recorded_failed_and_raises(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -159,7 +159,7 @@ def test_failing_strategy_is_recorded_failed_and_raises(
 
 
 def test_api_down_for_a_run_is_delivered_by_the_next_one(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -228,7 +228,7 @@ def test_outbox_kept_in_order_while_the_server_stays_down(
 
 
 def test_heartbeats_are_sent_while_slices_run(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -240,7 +240,7 @@ def test_heartbeats_are_sent_while_slices_run(
 
 
 def test_replayed_calls_for_a_finished_run_are_dropped(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -259,7 +259,7 @@ def test_replayed_calls_for_a_finished_run_are_dropped(
 
 
 def test_api_key_argument_overrides_environment(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
     monkeypatch: pytest.MonkeyPatch,
@@ -272,7 +272,7 @@ def test_api_key_argument_overrides_environment(
 
 
 def test_wrong_api_key_keeps_calls_in_outbox_with_one_warning(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -286,7 +286,7 @@ def test_wrong_api_key_keeps_calls_in_outbox_with_one_warning(
 
 
 def test_sweep_tracks_each_valid_combination_and_skips_invalid(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
@@ -308,7 +308,7 @@ def test_sweep_tracks_each_valid_combination_and_skips_invalid(
 
 
 def test_sweep_records_a_failing_member_and_continues(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:

@@ -24,7 +24,7 @@ from backtest_data_module.strategy_manager.client import (
     Unauthorized,
     ValidationFailed,
 )
-from tests.live_server import LiveServer, free_port, live_server  # noqa: F401
+from tests.live_server import LiveServer, free_port
 
 RUN_JSON = {
     "run_id": "3f1c8a52-5b8e-4a8e-9c57-0d6f1b1f2a10",
@@ -265,7 +265,7 @@ def test_bad_settings_raise_value_error_naming_them(
 
 
 @pytest.fixture
-async def client(live_server: LiveServer) -> StrategyManagerClient:  # noqa: F811
+async def client(live_server: LiveServer) -> StrategyManagerClient:
     async with StrategyManagerClient(
         live_server.url, api_key=live_server.api_key, retry_for=0.0
     ) as client:
@@ -385,7 +385,7 @@ async def test_delete_then_get_is_not_found(client: StrategyManagerClient) -> No
 
 
 async def test_wrong_api_key_is_unauthorized(
-    live_server: LiveServer,  # noqa: F811
+    live_server: LiveServer,
 ) -> None:
     async with StrategyManagerClient(
         live_server.url, api_key="wrong", retry_for=0.0
