@@ -1,6 +1,6 @@
 """Benchmark what tracking costs a run: 100-slice walk-forward with and without it.
 
-Run from the repository root: ``PYTHONPATH=. python benchmarks/orchestrator.py``.
+Run from the repository root: ``python benchmarks/orchestrator.py``.
 It starts the strategy manager in a uvicorn subprocess on a free port with a
 temporary data dir, times the same run with tracking to it and without tracking
 (best of 3 each, alternating), prints both and their ratio, and stops the server.
@@ -10,9 +10,13 @@ Target: tracking adds under 2%.
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The live-server helper lives with the tests, at the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 
