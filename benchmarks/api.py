@@ -24,7 +24,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# The process helpers live with the tests, at the repository root.
+sys.path.insert(0, str(ROOT))
+
+from tests.live_server import free_port, stop_process  # noqa: E402
+
 API_KEY = "benchmark-key"
 UVICORN_FLAGS = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
 NEW_RUN = {
@@ -85,12 +89,6 @@ class Target:
         return measured
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(command: list[str], env: dict[str, str], health_url: str) -> Iterator[None]:
     with tempfile.TemporaryFile() as log:
@@ -101,12 +99,7 @@ def serving(command: list[str], env: dict[str, str], health_url: str) -> Iterato
             _wait_until_up(process, health_url, log)
             yield
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=20)
 
 
 def _wait_until_up(process: subprocess.Popen, url: str, log) -> None:
@@ -414,5 +407,4 @@ def _print_ratios(results: dict[tuple[str, str, int], Load]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

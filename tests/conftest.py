@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from backtest_data_module.strategy_manager.main import Settings, create_app, lifespan
+from tests.live_server import stop_process
 
 API_KEY = "test-key"
 
@@ -71,12 +72,7 @@ def start_nx_27017(log_dir: Path, port: int = 0) -> tuple[subprocess.Popen[str],
 
 
 def stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
     if process.stdout:
         process.stdout.close()
 

@@ -67,12 +67,17 @@ def running_server(
         _wait_healthy(url, process, log_path)
         yield LiveServer(url=url, api_key=api_key, data_dir=data_dir)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Ask ``process`` to stop, kill it if it has not after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
