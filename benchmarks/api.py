@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The process helpers live with the tests, at the repository root.
 sys.path.insert(0, str(ROOT))
 
-from tests.live_server import free_port, stop_process  # noqa: E402
+from tests.processes import free_port, stop_process  # noqa: E402
 
 API_KEY = "benchmark-key"
 UVICORN_FLAGS = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from backtest_data_module.strategy_manager.main import Settings, create_app, lifespan
-from tests.live_server import stop_process
+from tests.processes import stop_process
 
 API_KEY = "test-key"
 

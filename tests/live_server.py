@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import free_port, stop_process
 
 API_KEY = "live-test-key"
 APP = "backtest_data_module.strategy_manager.main:app"
@@ -35,13 +36,6 @@ class LiveServer:
     url: str
     api_key: str
     data_dir: Path
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -68,16 +62,6 @@ def running_server(
         yield LiveServer(url=url, api_key=api_key, data_dir=data_dir)
     finally:
         stop_process(process)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 10) -> None:
-    """Ask ``process`` to stop, kill it if it has not after ``timeout`` seconds."""
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:

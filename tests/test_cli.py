@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from backtest_data_module.cli import app
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer
+from tests.processes import free_port
 
 runner = CliRunner()
 BARS = ["--synthetic", "400"]

@@ -27,7 +27,8 @@ from backtest_data_module.backtesting.validation import (
     WalkForward,
 )
 from backtest_data_module.data import bars_fingerprint, synthetic_bars
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer
+from tests.processes import free_port
 
 WALK_FORWARD = WalkForward(train_size=1000, test_size=500)
 TEST_RANGES = [[1000, 1500], [1500, 2000], [2000, 2500], [2500, 3000],

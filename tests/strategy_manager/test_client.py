@@ -24,7 +24,8 @@ from backtest_data_module.strategy_manager.client import (
     Unauthorized,
     ValidationFailed,
 )
-from tests.live_server import LiveServer, free_port
+from tests.live_server import LiveServer
+from tests.processes import free_port
 
 RUN_JSON = {
     "run_id": "3f1c8a52-5b8e-4a8e-9c57-0d6f1b1f2a10",

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import app_client, make_settings, start_nx_27017, stop
-from tests.live_server import free_port
+from tests.processes import free_port
 
 NEW_RUN = {
     "strategy_name": "sma_crossover",

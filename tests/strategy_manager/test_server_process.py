@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_server import free_port
+from tests.processes import free_port
 
 APP = "backtest_data_module.strategy_manager.main:app"
 KEY = "process-test-key"
