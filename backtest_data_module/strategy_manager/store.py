@@ -9,9 +9,9 @@ files driven through mongomock-motor, with reads answered from memory.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import heapq
-import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -181,6 +181,8 @@ class EmbeddedRunStore(RunStore):
         self._stored = stored
         self._runs: dict[str, dict[str, Any]] = {}
         self._ids_by: dict[str, dict[Any, set[str]]] = {f: {} for f in self.INDEXED}
+        # (-created seconds, run id) for every run, kept sorted: the default order.
+        self._newest: list[tuple[float, str]] = []
 
     @classmethod
     def open(cls, data_dir: Path, database: str) -> EmbeddedRunStore:
@@ -206,7 +208,8 @@ class EmbeddedRunStore(RunStore):
     async def start(self) -> None:
         started = time.perf_counter()
         for document in self._stored():
-            self._remember(document)
+            self._remember(document, ordered=False)
+        self._newest = sorted(_newest_key(d) for d in self._runs.values())
         logger.info(
             "Loaded %d runs from the embedded store in %.1f s",
             len(self._runs),
@@ -215,20 +218,28 @@ class EmbeddedRunStore(RunStore):
 
     # Limitation: every run is held in memory (about 1-2 KB each), so the embedded
     # store suits up to a few hundred thousand runs; use MongoDB beyond that.
-    def _remember(self, document: dict[str, Any]) -> None:
-        self._forget(document["_id"])
+    def _remember(self, document: dict[str, Any], *, ordered: bool = True) -> None:
+        run_id = document["_id"]
+        known = self._forget(run_id, keep_order=True)
         for name in ("timestamp", "updated_at", "started_at", "finished_at"):
             document[name] = _aware(document.get(name))
         document["heartbeat_at"] = _aware(document.get("heartbeat_at"))
-        self._runs[document["_id"]] = document
+        self._runs[run_id] = document
         for field in self.INDEXED:
-            self._ids_by[field].setdefault(document[field], set()).add(document["_id"])
+            self._ids_by[field].setdefault(document[field], set()).add(run_id)
+        if ordered and not known:  # a run's creation time never changes
+            bisect.insort(self._newest, _newest_key(document))
 
-    def _forget(self, run_id: str) -> None:
+    def _forget(self, run_id: str, *, keep_order: bool = False) -> bool:
         document = self._runs.pop(run_id, None)
-        if document is not None:
-            for field in self.INDEXED:
-                self._ids_by[field][document[field]].discard(run_id)
+        if document is None:
+            return False
+        for field in self.INDEXED:
+            self._ids_by[field][document[field]].discard(run_id)
+        if not keep_order:
+            key = _newest_key(document)
+            del self._newest[bisect.bisect_left(self._newest, key)]
+        return True
 
     async def insert(self, document: dict[str, Any]) -> bool:
         if not await super().insert(document):
@@ -255,6 +266,10 @@ class EmbeddedRunStore(RunStore):
     async def page(
         self, query: dict[str, Any], sort: list[tuple[str, int]], skip: int, limit: int
     ) -> tuple[list[dict[str, Any]], int]:
+        if sort == NEWEST_FIRST:
+            newest = self._newest_page(query, skip, limit)
+            if newest is not None:
+                return newest
         found = list(self._matching(query))
         key = _order_key(sort)
         wanted = skip + limit
@@ -264,6 +279,34 @@ class EmbeddedRunStore(RunStore):
             top = sorted(found, key=key)
         return top[skip:wanted], len(found)
 
+    def _newest_page(
+        self, query: dict[str, Any], skip: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int] | None:
+        """A page in the default order, walking the kept order instead of sorting.
+
+        None when an indexed filter leaves so few candidates that sorting them is
+        cheaper than the walk.
+        """
+        runs = self._runs
+        if not query:
+            page = [runs[run_id] for _, run_id in self._newest[skip : skip + limit]]
+            return page, len(runs)
+        candidates = self._narrow(query)
+        if candidates is not None and len(candidates) * 4 < len(runs):
+            return None
+        allowed = set(candidates) if candidates is not None else None
+        matches = _compile(query)
+        page, total = [], 0
+        for _, run_id in self._newest:
+            if allowed is not None and run_id not in allowed:
+                continue
+            document = runs[run_id]
+            if matches(document):
+                if skip <= total < skip + limit:
+                    page.append(document)
+                total += 1
+        return page, total
+
     def _matching(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         candidates = self._narrow(query)
         runs = self._runs
@@ -272,8 +315,8 @@ class EmbeddedRunStore(RunStore):
         return (d for d in documents if d is not None and matches(d))
 
     def _narrow(self, query: dict[str, Any]) -> Iterable[str] | None:
-        """The fewest ids an indexed equality in ``query`` allows, if any."""
-        best: list[set[str]] | None = None
+        """The ids every indexed equality in ``query`` allows; None if it has none."""
+        allowed: list[set[str]] = []
         for part in _conjuncts(query):
             for field in self.INDEXED:
                 wanted = part.get(field)
@@ -285,10 +328,20 @@ class EmbeddedRunStore(RunStore):
                     continue
                 else:
                     values = [wanted]
-                sets = [self._ids_by[field].get(v, set()) for v in values]
-                if best is None or sum(map(len, sets)) < sum(map(len, best)):
-                    best = sets
-        return None if best is None else itertools.chain.from_iterable(best)
+                ids = [self._ids_by[field].get(value, set()) for value in values]
+                allowed.append(ids[0] if len(ids) == 1 else set().union(*ids))
+        if not allowed:
+            return None
+        allowed.sort(key=len)
+        # Intersecting from the smallest set costs at most its size per step.
+        return allowed[0].intersection(*allowed[1:]) if len(allowed) > 1 else allowed[0]
+
+
+NEWEST_FIRST = [("timestamp", pymongo.DESCENDING), ("_id", pymongo.ASCENDING)]
+
+
+def _newest_key(document: dict[str, Any]) -> tuple[float, str]:
+    return (-document["timestamp"].timestamp(), document["_id"])
 
 
 def _conjuncts(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
