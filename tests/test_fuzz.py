@@ -116,12 +116,23 @@ def test_body_that_is_not_utf8_is_a_declared_400(live_server: LiveServer) -> Non
     assert "400" in declared
 
 
-def test_hand_raised_422_carries_an_errors_list(live_server: LiveServer) -> None:
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"sort": "nowhere"}, "query.sort"),
+        ({"colour": "red"}, "query.colour"),
+        ({"hp.fast": "ten"}, "query.hp.fast"),
+    ],
+)
+def test_hand_checked_query_422_lists_the_field(
+    live_server: LiveServer, params: dict, field: str
+) -> None:
     response = httpx.get(
         f"{live_server.url}/runs",
-        params={"sort": "nowhere"},
+        params=params,
         headers={"X-API-KEY": live_server.api_key},
     )
 
     assert response.status_code == 422
-    assert response.json()["errors"] == []
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert response.json()["detail"].startswith(f"Invalid input in {field}: ")

@@ -184,7 +184,8 @@ def test_generated_client_parses_refusals_as_problems(
     bad_sort = list_runs.sync_detailed(client=client, sort=["no_such_field"])
     assert bad_sort.status_code == 422
     assert isinstance(bad_sort.parsed, models.ValidationProblem)
-    assert "Cannot sort by 'no_such_field'" in bad_sort.parsed.detail
+    assert "cannot sort by 'no_such_field'" in bad_sort.parsed.detail
+    assert [error.field for error in bad_sort.parsed.errors] == ["query.sort"]
 
     wrong_key = api_client.AuthenticatedClient(
         base_url=live_server.url,

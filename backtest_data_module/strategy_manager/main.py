@@ -371,6 +371,12 @@ def conflict(detail: str) -> HTTPException:
     return HTTPException(409, detail)
 
 
+def invalid_query(parameter: str, message: str) -> RequestValidationError:
+    """A 422 for a query parameter checked by hand, listed in ``errors`` like any."""
+    error = {"loc": ("query", parameter), "msg": message, "type": "value_error"}
+    return RequestValidationError([error])
+
+
 def not_found(run_id: uuid.UUID | str) -> HTTPException:
     return HTTPException(404, f"No run with id {run_id}.")
 
@@ -407,8 +413,7 @@ def problem(
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    # The spec promises ValidationProblem for every 422, so its `errors` is required
-    # even when a hand-raised 422 (sort, hp.<path>) names the field in `detail` only.
+    # The spec promises ValidationProblem for every 422, so `errors` is always there.
     extra: dict[str, Any] = {"errors": []} if exc.status_code == 422 else {}
     return problem(exc.status_code, str(exc.detail), dict(exc.headers or {}), **extra)
 
@@ -424,7 +429,10 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
         for error in exc.errors()
     ]
     names = ", ".join(dict.fromkeys(e["field"] for e in errors))
-    return problem(422, f"Invalid input in {names}.", errors=errors)
+    detail = f"Invalid input in {names}."
+    if len(errors) == 1:
+        detail = f"Invalid input in {names}: {errors[0]['message']}"
+    return problem(422, detail, errors=errors)
 
 
 async def _database_down(request: Request, exc: Exception) -> Response:
@@ -585,29 +593,31 @@ def _hyperparameter_filters(request: Request) -> dict[str, Any]:
         path = name.removeprefix("hp.")
         parts = path.split(".")
         if not all(parts) or any(p.startswith("$") or "\x00" in p for p in parts):
-            raise HTTPException(422, f"Query parameter {name!r} is not a valid path.")
+            raise invalid_query(name, "not a valid hyperparameter path")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
-            raise HTTPException(
-                422,
-                f"Query parameter {name!r} must be a JSON scalar, such as 10, true "
-                f'or "text" (quoted); got {raw!r}.',
+            raise invalid_query(
+                name,
+                f'must be a JSON scalar, such as 10, true or "text" (quoted); '
+                f"got {raw!r}",
             ) from None
         if isinstance(value, dict | list) or (
             isinstance(value, float) and not math.isfinite(value)
         ):
-            raise HTTPException(
-                422, f"Query parameter {name!r} must be a JSON scalar; got {raw!r}."
-            )
+            raise invalid_query(name, f"must be a JSON scalar; got {raw!r}")
         query[f"hyperparameters.{path}"] = value
     if unknown:
         allowed = ", ".join(sorted(LIST_PARAMS))
-        raise HTTPException(
-            422,
-            f"Unknown query parameter(s): {', '.join(unknown)}. Allowed: {allowed}, "
-            "and hp.<path> for hyperparameters.",
-        )
+        errors = [
+            {
+                "loc": ("query", name),
+                "msg": f"unknown parameter; allowed: {allowed}, and hp.<path>",
+                "type": "extra_forbidden",
+            }
+            for name in unknown
+        ]
+        raise RequestValidationError(errors)
     return query
 
 
@@ -620,11 +630,11 @@ def _parse_sort(specs: list[str]) -> list[tuple[str, int]]:
             metric = name.removeprefix("metrics.")
             valid_metric = name.startswith("metrics.") and metric and "." not in metric
             if name not in SORTABLE and not valid_metric:
-                raise HTTPException(
-                    422,
-                    f"Cannot sort by {name!r}; use one of "
+                raise invalid_query(
+                    "sort",
+                    f"cannot sort by {name!r}; use one of "
                     f"{', '.join(sorted(SORTABLE))} or metrics.<name>, "
-                    "each optionally prefixed with '-'.",
+                    "each optionally prefixed with '-'",
                 )
             keys.append((name, direction))
     # Every order ends in the default one and then the id, so pages never overlap.
