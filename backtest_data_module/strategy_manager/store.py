@@ -14,7 +14,7 @@ import fcntl
 import heapq
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,7 +190,7 @@ class EmbeddedRunStore(RunStore):
         data_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_directory(data_dir)
         client = _LiteMongoClient(str(data_dir.resolve()))
-        collection = AsyncMongoMockClient(mock_mongo_client=client)[database][
+        collection: Any = AsyncMongoMockClient(mock_mongo_client=client)[database][
             COLLECTION
         ]
 
@@ -314,7 +314,7 @@ class EmbeddedRunStore(RunStore):
         matches = _compile(query)
         return (d for d in documents if d is not None and matches(d))
 
-    def _narrow(self, query: dict[str, Any]) -> Iterable[str] | None:
+    def _narrow(self, query: dict[str, Any]) -> set[str] | None:
         """The ids every indexed equality in ``query`` allows; None if it has none."""
         allowed: list[set[str]] = []
         for part in _conjuncts(query):
@@ -382,27 +382,34 @@ def _same(stored: Any, wanted: Any) -> bool:
     return bool(stored == wanted)
 
 
-def _compile(query: dict[str, Any]) -> Callable[[dict[str, Any]], bool]:
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def _compile(query: dict[str, Any]) -> Predicate:
     """A predicate for the filters this module builds: equality, $in, ranges,
     $exists, $ne, $and and $or. Compiled once per request, run once per run."""
-    tests: list[Callable[[dict[str, Any]], bool]] = []
-    for key, condition in query.items():
-        if key in ("$and", "$or"):
-            parts = [_compile(part) for part in condition]
-            combine = all if key == "$and" else any
-            tests.append(lambda d, p=parts, c=combine: c(t(d) for t in p))
-        elif isinstance(condition, dict):
-            get = _getter(key)
-            for op, arg in condition.items():
-                tests.append(lambda d, g=get, o=op, a=arg: _test(g(d), o, a))
-        else:
-            get = _getter(key)
-            tests.append(
-                lambda d, g=get, w=condition: _same(
-                    None if (v := g(d)) is _MISSING else v, w
-                )
-            )
+    tests = [_compile_condition(key, condition) for key, condition in query.items()]
     return lambda document: all(test(document) for test in tests)
+
+
+def _compile_condition(key: str, condition: Any) -> Predicate:
+    if key in ("$and", "$or"):
+        parts = [_compile(part) for part in condition]
+        combine = all if key == "$and" else any
+        return lambda document: combine(part(document) for part in parts)
+
+    get = _getter(key)
+    if isinstance(condition, dict):
+        operations = list(condition.items())
+        return lambda document: all(
+            _test(get(document), op, argument) for op, argument in operations
+        )
+
+    def equals(document: dict[str, Any]) -> bool:
+        value = get(document)
+        return _same(None if value is _MISSING else value, condition)
+
+    return equals
 
 
 def _test(value: Any, operator: str, argument: Any) -> bool:

@@ -117,11 +117,11 @@ async def test_heartbeat_of_a_pending_run_is_409(api: httpx.AsyncClient):
 
 
 async def test_run_without_recent_heartbeat_is_reported_stale(tmp_path):
-    settings = make_settings(tmp_path, stale_after_seconds=0.05)
+    settings = make_settings(tmp_path, stale_after_seconds=0.5)
     async with app_client(settings) as api:
         stale = await create(api)
         await move(api, stale["run_id"], "RUNNING")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)
         fresh = await create(api)
         await move(api, fresh["run_id"], "RUNNING")
         idle = await create(api)
