@@ -312,8 +312,8 @@ class StrategyManagerClient:
         params += [("sort", value) for value in _as_list(sort)]
         if stale is not None:
             params.append(("stale", "true" if stale else "false"))
-        for path, value in (hyperparameters or {}).items():
-            params.append((f"hp.{path}", json.dumps(value)))
+        for path, scalar in (hyperparameters or {}).items():
+            params.append((f"hp.{path}", json.dumps(scalar)))
 
         response = await self._request("GET", "/runs", params=params)
         runs = [Run.model_validate(item) for item in response.json()]

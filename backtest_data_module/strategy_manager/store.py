@@ -138,6 +138,8 @@ class RunStore:
 
         # MongoDB puts missing values first in ascending order; split the set in
         # two so that runs without the metric follow the others in both directions.
+        # Limitation: only the leading sort key gets this; a metric later in the
+        # sort orders missing values as MongoDB does (first when ascending).
         has = {"$and": [query, {first: {"$exists": True}}]}
         lacks = {"$and": [query, {first: {"$exists": False}}]}
         with_metric = await self.count(has)
