@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pymongo
 import pytest
 
 from tests.conftest import app_client, make_settings, start_nx_27017, stop
@@ -126,3 +127,25 @@ async def test_unreachable_database_is_503_and_recovers(tmp_path: Path):
     assert down.status_code == not_ready.status_code == 503
     assert down.json()["detail"] == "The database is unreachable; retry shortly."
     assert back.status_code == 201
+
+
+async def test_start_up_creates_the_listing_indexes(nx_server: str, tmp_path: Path):
+    database = f"t{uuid.uuid4().hex}"
+    settings = make_settings(tmp_path, mongodb_url=nx_server, database=database)
+    async with app_client(settings):
+        client = pymongo.AsyncMongoClient(nx_server)
+        try:
+            indexes = await client[database]["runs"].index_information()
+        finally:
+            await client.close()
+
+    keys = {tuple(field for field, _ in index["key"]) for index in indexes.values()}
+    assert {
+        ("timestamp",),
+        ("strategy_name", "timestamp"),
+        ("strategy_version", "timestamp"),
+        ("orchestrator_type", "timestamp"),
+        ("status", "timestamp"),
+        ("status", "heartbeat_at"),
+        ("updated_at",),
+    } <= keys
