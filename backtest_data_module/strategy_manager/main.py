@@ -162,10 +162,11 @@ ALLOWED_MOVES: dict[RunStatus, frozenset[RunStatus]] = {
 }
 
 Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH),
 ]
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_LENGTH)]
-MetricName = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MetricName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH)]
 Metrics = dict[MetricName, Annotated[float, Field(allow_inf_nan=False)]]
 
 
