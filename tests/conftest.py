@@ -26,6 +26,13 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
     return Settings(api_key=API_KEY, data_dir=data_dir, **overrides)
 
 
+def nx_settings(data_dir: Path, url: str, **overrides: object) -> Settings:
+    """Settings for the real driver on nx-27017, which wants no `_id` in indexes."""
+    return make_settings(
+        data_dir, mongodb_url=url, **{"index_id_tiebreak": False, **overrides}
+    )
+
+
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """The app on the embedded store in a fresh directory, called in-process."""

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("strategy_manager_data")
     stale_after_seconds: float = Field(default=300.0, gt=0)
     db_timeout_ms: int = Field(default=2000, gt=0)
+    # Some MongoDB-compatible servers (nx-27017) refuse writes once an index names
+    # `_id`; MongoDB itself wants it there, so that listing pages never sort.
+    index_id_tiebreak: bool = True
 
     @field_validator("mongodb_url")
     @classmethod
@@ -711,7 +714,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     _show_info_logs()
     if settings.mongodb_url:
         store = RunStore.open_mongodb(
-            settings.mongodb_url, settings.database, settings.db_timeout_ms
+            settings.mongodb_url,
+            settings.database,
+            settings.db_timeout_ms,
+            id_in_indexes=settings.index_id_tiebreak,
         )
         logger.info("Storing runs in MongoDB database %r", settings.database)
     else:

@@ -56,20 +56,34 @@ class RunStore:
     places where the two differ (closing, ping) inside this class.
     """
 
-    def __init__(self, collection: Any, close: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        collection: Any,
+        close: Callable[[], Awaitable[None]],
+        *,
+        id_in_indexes: bool = True,
+    ) -> None:
         self.collection = collection
         self._close = close
+        self.id_in_indexes = id_in_indexes
 
     @classmethod
-    def open_mongodb(cls, url: str, database: str, timeout_ms: int) -> RunStore:
-        """Connect lazily with PyMongo's async client; nothing is sent yet."""
+    def open_mongodb(
+        cls, url: str, database: str, timeout_ms: int, *, id_in_indexes: bool = True
+    ) -> RunStore:
+        """Connect lazily with PyMongo's async client; nothing is sent yet.
+
+        ``id_in_indexes=False`` leaves the id tie-break out of the index keys, for
+        servers that refuse writes once an index names ``_id`` (nx-27017 0.8.1).
+        """
         client: pymongo.AsyncMongoClient[dict[str, Any]] = pymongo.AsyncMongoClient(
             url,
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
         )
-        return cls(client[database][COLLECTION], client.close)
+        collection = client[database][COLLECTION]
+        return cls(collection, client.close, id_in_indexes=id_in_indexes)
 
     async def start(self) -> None:
         """Get ready to serve; the embedded store reads its runs into memory here."""
@@ -82,11 +96,11 @@ class RunStore:
 
     async def ensure_indexes(self) -> None:
         # One index per filter the list route offers, each ending in the default
-        # order so that a filtered first page reads no more than it returns.
-        # Limitation: the `_id` tie-break is left out of these keys, because
-        # nx-27017 refuses every insert once an index names `_id`; equal
-        # timestamps (same millisecond) are ordered in memory.
+        # order (newest first, then the id) so that a filtered first page reads no
+        # more than it returns.
         newest = [("timestamp", pymongo.DESCENDING)]
+        if self.id_in_indexes:
+            newest.append(("_id", pymongo.ASCENDING))
         for keys in (
             newest,
             [("strategy_name", 1), *newest],

@@ -64,7 +64,10 @@ async def test_get_with_a_malformed_id_is_422(api: httpx.AsyncClient):
 
 
 async def test_list_is_newest_first(api: httpx.AsyncClient):
-    ids = [(await create(api))["run_id"] for _ in range(3)]
+    ids = []
+    for _ in range(3):
+        ids.append((await create(api))["run_id"])
+        await asyncio.sleep(0.002)  # timestamps have millisecond resolution
 
     response = await api.get("/runs")
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.conftest import app_client, make_settings
+from tests.conftest import app_client, make_settings, nx_settings
 
 NEW_RUN = {
     "strategy_name": "sma_crossover",
@@ -243,11 +243,11 @@ async def test_metrics_are_merged_into_the_run(api: httpx.AsyncClient):
 @pytest.fixture(params=["embedded", "mongodb"])
 async def any_store(request, tmp_path) -> AsyncIterator[httpx.AsyncClient]:
     """The app on the embedded store, then on the real driver (nx-27017)."""
-    overrides = {}
+    settings = make_settings(tmp_path)
     if request.param == "mongodb":
         url = request.getfixturevalue("nx_server")
-        overrides = {"mongodb_url": url, "database": f"t{uuid.uuid4().hex}"}
-    async with app_client(make_settings(tmp_path, **overrides)) as client:
+        settings = nx_settings(tmp_path, url, database=f"t{uuid.uuid4().hex}")
+    async with app_client(settings) as client:
         yield client
 
 
@@ -302,6 +302,7 @@ async def catalogue(any_store: httpx.AsyncClient) -> dict[str, str]:
             update["metrics"] = {"sharpe": sharpe}
         await any_store.put(f"/runs/{run['run_id']}", json=update)
         ids[run["run_id"]] = label
+        await asyncio.sleep(0.002)  # distinct creation milliseconds, a known order
     return ids
 
 

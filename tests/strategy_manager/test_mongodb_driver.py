@@ -10,7 +10,7 @@ import httpx
 import pymongo
 import pytest
 
-from tests.conftest import app_client, make_settings, start_nx_27017, stop
+from tests.conftest import app_client, nx_settings, start_nx_27017, stop
 from tests.processes import free_port
 
 NEW_RUN = {
@@ -23,9 +23,7 @@ NEW_RUN = {
 
 @pytest.fixture
 async def mongo_api(nx_server: str, tmp_path: Path):
-    settings = make_settings(
-        tmp_path, mongodb_url=nx_server, database=f"t{uuid.uuid4().hex}"
-    )
+    settings = nx_settings(tmp_path, nx_server, database=f"t{uuid.uuid4().hex}")
     async with app_client(settings) as client:
         yield client
 
@@ -105,11 +103,8 @@ async def test_of_two_concurrent_finishers_exactly_one_wins(
 async def test_unreachable_database_is_503_and_recovers(tmp_path: Path):
     port = free_port()
     process, _ = start_nx_27017(tmp_path, port=port)
-    settings = make_settings(
-        tmp_path,
-        mongodb_url=f"mongodb://127.0.0.1:{port}",
-        database="recovery",
-        db_timeout_ms=500,
+    settings = nx_settings(
+        tmp_path, f"mongodb://127.0.0.1:{port}", database="recovery", db_timeout_ms=500
     )
     async with app_client(settings) as api:
         assert (await api.post("/runs", json=NEW_RUN)).status_code == 201
@@ -131,7 +126,7 @@ async def test_unreachable_database_is_503_and_recovers(tmp_path: Path):
 
 async def test_start_up_creates_the_listing_indexes(nx_server: str, tmp_path: Path):
     database = f"t{uuid.uuid4().hex}"
-    settings = make_settings(tmp_path, mongodb_url=nx_server, database=database)
+    settings = nx_settings(tmp_path, nx_server, database=database)
     async with app_client(settings):
         client = pymongo.AsyncMongoClient(nx_server)
         try:

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from backtest_data_module.strategy_manager.store import NEWEST_FIRST, EmbeddedRunStore
+from backtest_data_module.strategy_manager.store import (
+    NEWEST_FIRST,
+    EmbeddedRunStore,
+    RunStore,
+)
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 NAMES = ["sma", "mr", "breakout"]
@@ -122,3 +126,36 @@ async def test_restart_reads_the_same_runs_in_the_same_order(tmp_path):
 
     assert [d["_id"] for d in after[0]] == [d["_id"] for d in before[0]]
     assert after[1] == before[1] == 100
+
+
+class RecordingCollection:
+    """Stands in for a MongoDB collection and remembers the indexes asked for."""
+
+    def __init__(self) -> None:
+        self.indexes: list[list[tuple[str, int]]] = []
+
+    async def create_index(self, keys: list[tuple[str, int]]) -> str:
+        self.indexes.append(keys)
+        return "name"
+
+
+async def test_mongodb_indexes_end_in_the_default_order_and_the_id():
+    collection = RecordingCollection()
+
+    await RunStore(collection, _noop).ensure_indexes()
+
+    newest = [("timestamp", -1), ("_id", 1)]
+    assert collection.indexes == [
+        newest,
+        [("strategy_name", 1), *newest],
+        [("strategy_version", 1), *newest],
+        [("orchestrator_type", 1), *newest],
+        [("status", 1), *newest],
+        [("status", 1), ("heartbeat_at", 1)],
+        [("updated_at", -1)],
+        [("hyperparameters.$**", 1)],
+    ]
+
+
+async def _noop() -> None:
+    return None
