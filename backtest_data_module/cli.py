@@ -237,29 +237,39 @@ def list_runs(
                 )
 
         page = asyncio.run(fetch())
-    console.print(_runs_table(page.runs))
+    console.print(_runs_table(page.runs, _shown_metric(sort or [])))
     console.print(f"{len(page.runs)} of {page.total}")
 
 
-def _runs_table(runs: list[Run]) -> Table:
+def _shown_metric(sort: list[str]) -> str:
+    """The metric a listing is sorted by, else the Sharpe ratio."""
+    for spec in sort:
+        for key in spec.split(","):
+            name = key.strip().lstrip("+-")
+            if name.startswith("metrics."):
+                return name.removeprefix("metrics.")
+    return "sharpe_ratio"
+
+
+def _runs_table(runs: list[Run], metric: str) -> Table:
     table = Table()
     # The id is what `runs show` takes, so it is never wrapped or cut.
     table.add_column("run_id", no_wrap=True, min_width=36)
     for column in ("created (UTC)", "strategy", "version", "validation"):
         table.add_column(column)
-    for column in ("hyperparameters", "status", "sharpe_ratio"):
+    for column in ("hyperparameters", "status", metric):
         table.add_column(column)
     for run in runs:
-        sharpe = run.metrics.get("sharpe_ratio")
+        value = run.metrics.get(metric)
         table.add_row(
             run.run_id,
             run.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
             run.strategy_name,
             run.strategy_version,
             run.orchestrator_type,
-            json.dumps(run.hyperparameters, sort_keys=True),
+            " ".join(f"{k}={json.dumps(v)}" for k, v in run.hyperparameters.items()),
             run.status.value + (" (stale)" if run.stale else ""),
-            "" if sharpe is None else f"{sharpe:.3f}",
+            "" if value is None else f"{value:.3f}",
         )
     return table
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from backtest_data_module import cli
 from backtest_data_module.cli import app
 from tests.live_server import LiveServer
 from tests.processes import free_port
@@ -231,3 +232,16 @@ def test_serve_refuses_several_workers_on_the_embedded_store(tmp_path: Path) -> 
     )
 
     assert_one_line_error(code, err, "--workers 2 needs --mongodb-url")
+
+
+@pytest.mark.parametrize(
+    ("sort", "shown"),
+    [
+        ([], "sharpe_ratio"),
+        (["-timestamp"], "sharpe_ratio"),
+        (["status,-metrics.max_drawdown"], "max_drawdown"),
+        (["metrics.cagr", "-metrics.sortino_ratio"], "cagr"),
+    ],
+)
+def test_runs_list_shows_the_metric_it_is_sorted_by(sort: list[str], shown: str):
+    assert cli._shown_metric(sort) == shown
