@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 OUTBOX_NAME = "outbox.jsonl"
 CLAIMED_PREFIX = "outbox.draining-"
 STALE_CLAIM_SECONDS = 600
+# Seconds a finished run still gives its tracking calls while the service is down.
+UNREACHABLE_GRACE = 1.0
 
 CallKind = Literal["create", "update", "heartbeat"]
 
@@ -362,6 +364,11 @@ class RunTracker:
         """
         self._queue.put_nowait(None)
         started = time.perf_counter()
+        client = self.session.client
+        if client is not None and client.unreachable:
+            # The service is down right now: a finished backtest does not wait out
+            # the retries; what is still queued goes to the outbox for the next run.
+            timeout = min(timeout, UNREACHABLE_GRACE)
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:

@@ -220,6 +220,8 @@ class StrategyManagerClient:
         headers = {API_KEY_HEADER: api_key} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.retry_for = retry_for
+        # True from a request that got no answer until one that did.
+        self.unreachable = False
         self._retry_wait = tenacity.wait_exponential(
             multiplier=retry_initial_wait, max=retry_max_wait
         ) + tenacity.wait_random(0, retry_initial_wait)
@@ -382,9 +384,11 @@ class StrategyManagerClient:
         try:
             response = await self._http.request(method, url, **kwargs)
         except httpx.TransportError as exc:
+            self.unreachable = True
             raise ServiceUnavailable(
                 None, f"{method} {self.base_url}{url} failed: {exc!r}"
             ) from exc
+        self.unreachable = response.status_code in TRANSIENT_STATUS_CODES
         if response.is_success:
             return response
         raise _error_from(response)

@@ -208,6 +208,27 @@ def test_tracking_wait_is_bounded_by_tracking_timeout(
     assert [c.seq for c in Outbox(str(tmp_path)).pending()] == [0, 1, 2]
 
 
+def test_a_run_does_not_wait_out_retries_while_the_service_is_down(
+    tmp_path: Path, bars: pd.DataFrame
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    runner = orchestrator(
+        tmp_path,
+        register_api=down,
+        api_key="k",
+        tracking_retry_for=30.0,
+        tracking_timeout=30.0,
+    )
+
+    with pytest.warns(TrackingWarning):
+        result = runner.run(bars)
+
+    assert result.tracking is not None and result.tracking.saved == 3
+    # The retry budget and the timeout are 30 s; an unreachable service cuts
+    # the end-of-run wait to the short grace instead.
+    assert result.tracking.wait_s < 5.0
+
+
 def test_outbox_kept_in_order_while_the_server_stays_down(
     tmp_path: Path, bars: pd.DataFrame
 ) -> None:

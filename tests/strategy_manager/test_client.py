@@ -128,6 +128,27 @@ async def test_connect_error_is_service_unavailable() -> None:
     assert caught.value.status_code is None
 
 
+async def test_client_says_whether_the_service_answered_last() -> None:
+    answers: list[httpx.Response | Exception] = [
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json=RUN_JSON),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async with mock_client(handler, retry_for=0.0) as client:
+        assert client.unreachable is False
+        with pytest.raises(ServiceUnavailable):
+            await client.get_run(RUN_JSON["run_id"])
+        assert client.unreachable is True
+        await client.get_run(RUN_JSON["run_id"])
+        assert client.unreachable is False
+
+
 async def test_transient_failures_are_retried_until_success() -> None:
     answers = [
         httpx.ConnectError("refused"),
