@@ -13,6 +13,7 @@ import bisect
 import fcntl
 import heapq
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
@@ -289,13 +290,10 @@ class EmbeddedRunStore(RunStore):
             if newest is not None:
                 return newest
         found = list(self._matching(query))
-        key = _order_key(sort)
-        wanted = skip + limit
-        if wanted * 8 < len(found):
-            top = heapq.nsmallest(wanted, found, key=key)
-        else:
-            top = sorted(found, key=key)
-        return top[skip:wanted], len(found)
+        total, wanted = len(found), skip + limit
+        if wanted * 8 < total:
+            found = _leaders(found, sort, wanted)
+        return sorted(found, key=_order_key(sort))[skip:wanted], total
 
     def _newest_page(
         self, query: dict[str, Any], skip: int, limit: int
@@ -328,9 +326,23 @@ class EmbeddedRunStore(RunStore):
     def _matching(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         candidates = self._narrow(query)
         runs = self._runs
+        if candidates is not None and self._indexes_answer(query):
+            return (runs[run_id] for run_id in candidates)
         documents = runs.values() if candidates is None else map(runs.get, candidates)
         matches = _compile(query)
         return (d for d in documents if d is not None and matches(d))
+
+    def _indexes_answer(self, query: dict[str, Any]) -> bool:
+        """True when ``query`` is only equalities on indexed fields (and $and)."""
+        for part in _conjuncts(query):
+            for key, condition in part.items():
+                if key == "$and":
+                    continue
+                if key not in self.INDEXED:
+                    return False
+                if isinstance(condition, dict) and set(condition) != {"$in"}:
+                    return False
+        return True
 
     def _narrow(self, query: dict[str, Any]) -> set[str] | None:
         """The ids every indexed equality in ``query`` allows; None if it has none."""
@@ -446,6 +458,32 @@ def _test(value: Any, operator: str, argument: Any) -> bool:
         "$lte": value.__le__,
     }
     return comparisons[operator](argument) is True
+
+
+def _leaders(
+    documents: list[dict[str, Any]], sort: list[tuple[str, int]], wanted: int
+) -> list[dict[str, Any]]:
+    """The documents that can be among the first ``wanted`` in ``sort`` order.
+
+    Ranks on the leading key alone, which is cheap, and keeps everything that ties
+    with the last place; the full multi-key sort then orders only these.
+    """
+    path, direction = sort[0]
+    if not (path.startswith("metrics.") or path in ("timestamp", "updated_at")):
+        return heapq.nsmallest(wanted, documents, key=_order_key(sort))
+    get = _getter(path)
+
+    def rank(document: dict[str, Any]) -> float:
+        value = get(document)
+        if value is _MISSING or value is None:
+            return math.inf  # a run without the metric comes last either way
+        if isinstance(value, datetime):
+            value = value.timestamp()
+        return -value if direction < 0 else value
+
+    ranks = [rank(document) for document in documents]
+    cutoff = heapq.nsmallest(wanted, ranks)[-1]
+    return [d for d, r in zip(documents, ranks, strict=True) if r <= cutoff]
 
 
 class _Descending:

@@ -39,9 +39,9 @@ def run(i: int, rng: random.Random) -> dict:
 
 
 def expected_page(
-    runs: dict[str, dict], keep, key, skip: int, limit: int
+    runs: dict[str, dict], keep, order, skip: int, limit: int
 ) -> tuple[list[str], int]:
-    matching = sorted((d for d in runs.values() if keep(d)), key=key)
+    matching = order([d for d in runs.values() if keep(d)])
     return [d["_id"] for d in matching[skip : skip + limit]], len(matching)
 
 
@@ -67,9 +67,22 @@ QUERIES = [
         lambda d: d["status"] == "COMPLETED" and d["orchestrator_type"] == "cpcv",
     ),
 ]
+
+
+def by(key, reverse=False):
+    return lambda documents: sorted(documents, key=key, reverse=reverse)
+
+
+def by_name_descending(documents):
+    # Stable sorts: newest first within each name, names from z to a.
+    return sorted(by(newest)(documents), key=lambda d: d["strategy_name"], reverse=True)
+
+
 SORTS = [
-    (NEWEST_FIRST, newest),
-    ([("metrics.sharpe", -1), *NEWEST_FIRST], best_sharpe),
+    (NEWEST_FIRST, by(newest)),
+    ([("metrics.sharpe", -1), *NEWEST_FIRST], by(best_sharpe)),
+    ([("timestamp", 1), ("_id", 1)], by(lambda d: (d["timestamp"], d["_id"]))),
+    ([("strategy_name", -1), *NEWEST_FIRST], by_name_descending),
 ]
 
 
@@ -96,17 +109,17 @@ async def filled(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("query", "keep"), QUERIES)
-@pytest.mark.parametrize(("sort", "key"), SORTS)
-@pytest.mark.parametrize(("skip", "limit"), [(0, 10), (35, 20), (250, 100)])
+@pytest.mark.parametrize(("sort", "order"), SORTS)
+@pytest.mark.parametrize(("skip", "limit"), [(0, 3), (0, 10), (35, 20), (250, 100)])
 async def test_pages_match_a_plain_sort_of_every_run(
-    filled, query, keep, sort, key, skip, limit
+    filled, query, keep, sort, order, skip, limit
 ):
     store, runs = filled
 
     documents, total = await store.page(query, sort, skip, limit)
 
     assert ([d["_id"] for d in documents], total) == expected_page(
-        runs, keep, key, skip, limit
+        runs, keep, order, skip, limit
     )
 
 
