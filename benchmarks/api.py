@@ -399,10 +399,10 @@ def _print_ratios(results: dict[tuple[str, str, int], Load]) -> None:
         share = load.requests_per_s / ceiling_rate
         line = f"{name} {operation:>6} c={connections:<3} {share:5.2f} of the ceiling"
         mlflow = results.get(("mlflow", operation, connections))
-        if mlflow and mlflow.requests_per_s > 0:
+        if mlflow and mlflow.requests_per_s >= 1:
             line += f", {load.requests_per_s / mlflow.requests_per_s:6.1f}x MLflow"
         elif mlflow:
-            line += ", MLflow answered nothing in time"
+            line += ", MLflow all but stopped answering (under 1 request/s)"
         print(line)
 
 
