@@ -183,7 +183,8 @@ class EmbeddedRunStore(RunStore):
     filters and sorts in Python after decoding all candidates: listing a page of
     100,000 runs took seconds. One process owns the store (``_lock_directory``),
     so a copy in memory, updated after each write has been committed to SQLite,
-    is exact. Reads use it; writes still go through mongomock to SQLite.
+    is exact. Reads use it. A new run is written as one SQLite row; updates and
+    deletes go through mongomock, whose filter makes each of them atomic.
     """
 
     INDEXED = ("strategy_name", "strategy_version", "orchestrator_type", "status")
