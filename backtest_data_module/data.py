@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -109,7 +110,7 @@ def validate_bars(df: pd.DataFrame) -> pd.DataFrame:
         )
 
     bars = _select_ohlcv(df)
-    _check_index(bars.index)
+    _check_index(cast(pd.DatetimeIndex, bars.index))
     _check_values(bars)
     return bars
 
@@ -132,7 +133,7 @@ def _select_ohlcv(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=df.index.copy())
 
 
-def _row(index: pd.DatetimeIndex, position: int) -> str:
+def _row(index: pd.Index, position: int) -> str:
     return f"row {position} (timestamp {index[position]})"
 
 

@@ -363,8 +363,8 @@ def _return_metrics(
 ) -> dict[str, float]:
     """The return-based metrics, sharing one equity curve, mean and deviation."""
     if r.size == 0:
-        names = ("total_return", "cagr", "annual_volatility", "sharpe_ratio")
-        names += ("sortino_ratio", "max_drawdown", "calmar_ratio")
+        names: tuple[str, ...] = ("total_return", "cagr", "annual_volatility")
+        names += ("sharpe_ratio", "sortino_ratio", "max_drawdown", "calmar_ratio")
         return dict.fromkeys(names, 0.0)
 
     if equity is None:

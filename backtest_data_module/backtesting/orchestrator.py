@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import fsspec
 import numpy as np
@@ -462,7 +462,9 @@ class Orchestrator:
             "duration_s": time.perf_counter() - started,
             "config": self._config(),
             "data": _describe_bars(bars),
-            "slices": [_describe_slice(s, bars.index) for s in slices],
+            "slices": [
+                _describe_slice(s, cast(pd.DatetimeIndex, bars.index)) for s in slices
+            ],
             "aggregate": aggregate,
         }
         return summary, _flat_metrics(aggregate, len(slices))

@@ -188,7 +188,7 @@ class SmaCrossover(Strategy):
     defaults: ClassVar[dict[str, ParamValue]] = {"fast": 10, "slow": 50}
 
     def _check(self) -> None:
-        fast, slow = self._params["fast"], self._params["slow"]
+        fast, slow = int(self._params["fast"]), int(self._params["slow"])
         if fast < 1:
             raise ValueError(f"parameter 'fast' must be >= 1, got {fast!r}")
         if fast >= slow:
@@ -254,8 +254,8 @@ class MeanReversion(Strategy):
     }
 
     def _check(self) -> None:
-        lookback = self._params["lookback"]
-        entry_z, exit_z = self._params["entry_z"], self._params["exit_z"]
+        lookback = int(self._params["lookback"])
+        entry_z, exit_z = float(self._params["entry_z"]), float(self._params["exit_z"])
         if lookback < 2:
             raise ValueError(f"parameter 'lookback' must be >= 2, got {lookback!r}")
         if entry_z <= 0:
@@ -281,7 +281,7 @@ class MeanReversion(Strategy):
 
         # Events: +1 / -1 on an entry, 0 on an exit, NaN where nothing happens.
         # Forward-filling the last event gives the stateful position.
-        entry_z, exit_z = self._params["entry_z"], self._params["exit_z"]
+        entry_z, exit_z = float(self._params["entry_z"]), float(self._params["exit_z"])
         events = np.full(len(z), np.nan)
         events[np.abs(z) < exit_z] = 0.0
         events[z > entry_z] = -1.0
