@@ -446,6 +446,9 @@ def _compile_condition(key: str, condition: Any) -> Predicate:
 
     def equals(document: dict[str, Any]) -> bool:
         value = get(document)
+        if isinstance(value, list) and not isinstance(condition, list):
+            # As in MongoDB, a scalar matches an array that holds it.
+            return any(_same(item, condition) for item in value)
         return _same(None if value is _MISSING else value, condition)
 
     return equals

@@ -351,6 +351,15 @@ async def test_hyperparameter_filter_tells_booleans_from_numbers(any_store, requ
     assert {r["run_id"] for r in one_runs.json()} == {one["run_id"], whole["run_id"]}
 
 
+async def test_hyperparameter_filter_matches_inside_lists(any_store):
+    tagged = await create(any_store, hyperparameters={"tags": ["fast", "fx"]})
+    await create(any_store, hyperparameters={"tags": ["slow"]})
+
+    found = await any_store.get("/runs", params={"hp.tags": '"fx"'})
+
+    assert [r["run_id"] for r in found.json()] == [tagged["run_id"]]
+
+
 @pytest.mark.parametrize(
     ("sort", "expected"),
     [
