@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The process helpers live with the tests, at the repository root.
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, stop_process  # noqa: E402
+from tests.processes import free_port, stop_process, wait_until_answering  # noqa: E402
 
 API_KEY = "benchmark-key"
 UVICORN_FLAGS = ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
@@ -96,23 +96,15 @@ def serving(command: list[str], env: dict[str, str], health_url: str) -> Iterato
             command, env={**os.environ, **env}, stdout=log, stderr=log, cwd=ROOT
         )
         try:
-            _wait_until_up(process, health_url, log)
+            wait_until_answering(process, health_url, 120, lambda: _log_text(log))
             yield
         finally:
             stop_process(process, timeout=20)
 
 
-def _wait_until_up(process: subprocess.Popen, url: str, log) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"{url} exited early:\n{log.read().decode()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up in 120 s")
+def _log_text(log) -> str:
+    log.seek(0)
+    return log.read().decode(errors="replace")
 
 
 def uvicorn(app: str, port: int) -> list[str]:

@@ -14,15 +14,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.processes import free_port, stop_process
+from tests.processes import free_port, stop_process, wait_until_answering
 
 API_KEY = "live-test-key"
 APP = "backtest_data_module.strategy_manager.main:app"
@@ -58,30 +56,15 @@ def running_server(
         process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, process, log_path)
+        wait_until_answering(
+            process,
+            f"{url}/healthz",
+            STARTUP_TIMEOUT,
+            lambda: log_path.read_text(errors="replace"),
+        )
         yield LiveServer(url=url, api_key=api_key, data_dir=data_dir)
     finally:
         stop_process(process)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"uvicorn exited with code {process.returncode}:\n"
-                f"{log_path.read_text(errors='replace')}"
-            )
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(
-        f"uvicorn at {url} not healthy after {STARTUP_TIMEOUT}s:\n"
-        f"{log_path.read_text(errors='replace')}"
-    )
 
 
 @pytest.fixture(scope="session")

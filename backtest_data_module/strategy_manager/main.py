@@ -51,7 +51,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backtest_data_module.strategy_manager.store import EmbeddedRunStore, RunStore
+from backtest_data_module.strategy_manager.store import (
+    TIMES,
+    EmbeddedRunStore,
+    RunStore,
+    as_utc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +143,7 @@ def check_hyperparameters(value: dict[str, Any]) -> dict[str, Any]:
 
 def check_metrics(value: dict[str, float] | None) -> dict[str, float] | None:
     # `metrics: null` is allowed and reaches this validator as None.
-    for name, number in (value or {}).items():
-        _check_json_value({name: number}, "metrics", 1)
+    _check_json_value(value or {}, "metrics", 1)
     return value
 
 
@@ -227,15 +231,8 @@ class Run(BaseModel):
         description="RUNNING, but no heartbeat within the configured timeout.",
     )
 
-    @field_validator(
-        "timestamp", "updated_at", "started_at", "finished_at", "heartbeat_at"
-    )
-    @classmethod
-    def _as_utc(cls, value: datetime | None) -> datetime | None:
-        # The embedded store hands back naive datetimes; every stored time is UTC.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    # The embedded store hands back naive datetimes; every stored time is UTC.
+    _times_in_utc = field_validator(*TIMES)(as_utc)
 
 
 class InvalidField(BaseModel):
@@ -683,11 +680,11 @@ async def list_query(
             query[name] = value
     if status:
         query["status"] = {"$in": [s.value for s in status]}
-    created: dict[str, datetime] = {}
+    created: dict[str, Any] = {}
     if created_after is not None:
-        created["$gt"] = _as_utc(created_after)
+        created["$gt"] = as_utc(created_after)
     if created_before is not None:
-        created["$lt"] = _as_utc(created_before)
+        created["$lt"] = as_utc(created_before)
     if created:
         query["timestamp"] = created
     if stale is not None:
@@ -699,12 +696,6 @@ async def list_query(
         }
         query = {"$and": [query, stale_filter if stale else fresh_filter]}
     return ListQuery(filter=query, sort=_parse_sort(sort or []))
-
-
-def _as_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 # ------------------------------------------------------------------------------- app

@@ -28,6 +28,8 @@ from mongomock_motor import AsyncMongoMockClient
 logger = logging.getLogger(__name__)
 
 COLLECTION = "runs"
+# The datetime fields of a run; SQLite hands them back naive, in UTC.
+TIMES = ("timestamp", "updated_at", "started_at", "finished_at", "heartbeat_at")
 
 
 class _LiteMongoClient(litemongo.MongoClient):
@@ -221,6 +223,10 @@ class EmbeddedRunStore(RunStore):
         rows = client[database][COLLECTION]._store
         return cls(collection, close, rows)
 
+    async def ensure_indexes(self) -> None:
+        """Nothing to do: reads use the in-memory indexes, and mongomock keys its
+        own by ``_id`` anyway; MongoDB's indexes here would only slow every write."""
+
     async def start(self) -> None:
         started = time.perf_counter()
         for document in self._rows.documents:
@@ -237,9 +243,8 @@ class EmbeddedRunStore(RunStore):
     def _remember(self, document: dict[str, Any], *, ordered: bool = True) -> None:
         run_id = document["_id"]
         known = self._forget(run_id, keep_order=True)
-        for name in ("timestamp", "updated_at", "started_at", "finished_at"):
-            document[name] = _aware(document.get(name))
-        document["heartbeat_at"] = _aware(document.get("heartbeat_at"))
+        for name in TIMES:
+            document[name] = as_utc(document.get(name))
         self._runs[run_id] = document
         for field in self.INDEXED:
             self._ids_by[field].setdefault(document[field], set()).add(run_id)
@@ -382,10 +387,13 @@ def _conjuncts(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _conjuncts(part)
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is not None and moment.tzinfo is None:
+def as_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` in UTC; a naive time is taken to be UTC already, as stored."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment
+    return moment.astimezone(UTC)
 
 
 _MISSING = object()

@@ -84,6 +84,12 @@ def orchestrator(metrics_dir: Path | str, **overrides: Any) -> Orchestrator:
     return Orchestrator(**{**options, **overrides})
 
 
+def unreachable(metrics_dir: Path | str, **overrides: Any) -> Orchestrator:
+    """An orchestrator whose tracking service is a closed port on this machine."""
+    down = f"http://127.0.0.1:{free_port()}"
+    return orchestrator(metrics_dir, register_api=down, api_key="k", **overrides)
+
+
 def tracked(
     server: LiveServer, metrics_dir: Path | str, **overrides: Any
 ) -> Orchestrator:
@@ -164,10 +170,7 @@ def test_api_down_for_a_run_is_delivered_by_the_next_one(
     tmp_path: Path,
     bars: pd.DataFrame,
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    offline = orchestrator(
-        tmp_path, register_api=down, api_key="k", tracking_retry_for=0.2
-    )
+    offline = unreachable(tmp_path, tracking_retry_for=0.2)
 
     with pytest.warns(TrackingWarning, match=r"unreachable, 3 calls .* saved to"):
         first = offline.run(bars)
@@ -190,14 +193,7 @@ def test_api_down_for_a_run_is_delivered_by_the_next_one(
 def test_tracking_wait_is_bounded_by_tracking_timeout(
     tmp_path: Path, bars: pd.DataFrame
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    runner = orchestrator(
-        tmp_path,
-        register_api=down,
-        api_key="k",
-        tracking_retry_for=30.0,
-        tracking_timeout=0.3,
-    )
+    runner = unreachable(tmp_path, tracking_retry_for=30.0, tracking_timeout=0.3)
 
     started = time.monotonic()
     with pytest.warns(TrackingWarning):
@@ -211,14 +207,7 @@ def test_tracking_wait_is_bounded_by_tracking_timeout(
 def test_a_run_does_not_wait_out_retries_while_the_service_is_down(
     tmp_path: Path, bars: pd.DataFrame
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    runner = orchestrator(
-        tmp_path,
-        register_api=down,
-        api_key="k",
-        tracking_retry_for=30.0,
-        tracking_timeout=30.0,
-    )
+    runner = unreachable(tmp_path, tracking_retry_for=30.0, tracking_timeout=30.0)
 
     with pytest.warns(TrackingWarning):
         result = runner.run(bars)
@@ -232,10 +221,7 @@ def test_a_run_does_not_wait_out_retries_while_the_service_is_down(
 def test_outbox_kept_in_order_while_the_server_stays_down(
     tmp_path: Path, bars: pd.DataFrame
 ) -> None:
-    down = f"http://127.0.0.1:{free_port()}"
-    runner = orchestrator(
-        tmp_path, register_api=down, api_key="k", tracking_retry_for=0.1
-    )
+    runner = unreachable(tmp_path, tracking_retry_for=0.1)
 
     with pytest.warns(TrackingWarning):
         first = runner.run(bars)

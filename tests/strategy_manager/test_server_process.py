@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.processes import free_port
+from tests.processes import free_port, wait_until_answering
 
 APP = "backtest_data_module.strategy_manager.main:app"
 KEY = "process-test-key"
@@ -35,15 +34,8 @@ def spawn(data_dir: Path, port: int, key: str | None = KEY) -> subprocess.Popen[
 
 
 def wait_until_up(process: subprocess.Popen[str], port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[0]
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).raise_for_status()
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError("uvicorn did not come up")
+    url = f"http://127.0.0.1:{port}/healthz"
+    wait_until_answering(process, url, 30, lambda: process.communicate()[0])
 
 
 def test_start_without_key_exits_with_one_line_naming_the_variable(tmp_path: Path):
